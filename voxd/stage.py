@@ -1,0 +1,102 @@
+"""The stage contract: what every processing stage, built-in or third-party, implements.
+
+A stage type is a class registered through the ``voxd_register_stages`` hook (see :mod:`voxd.hookspecs`).
+The chain builder creates one instance per chain entry and drives it through this life cycle::
+
+    stage = Kind(params, name)          # params: a validated Kind.Params instance
+    out_fmt = stage.negotiate(in_fmt)   # build time: check the input format, return the output format
+    stage.open(ctx)                     # before the first frame: allocate state
+    frame = stage.process(frame)        # hot path, once per frame: no I/O, no logging above DEBUG
+    stage.reset()                       # after a discontinuity or a reload
+    stage.close()                       # at shutdown
+
+``domain`` says whether ``process`` sees time samples ``(channels, hop)`` or one STFT frame
+``(channels, bins)``; the chain inserts the shared STFT analysis/synthesis where the domain changes.
+``requires``/``provides`` name the side values a stage reads from and writes to ``frame.side``; the
+builder refuses a chain where a requirement has no earlier provider.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from voxd.frame import AudioFormat, Domain, Frame
+
+
+class StageParams(BaseModel):
+    """Base of every stage's ``Params`` model: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FormatError(Exception):
+    """Raised by ``negotiate`` when a stage cannot take the format it is offered (a build-time error)."""
+
+
+EventSink = Callable[..., None]
+
+
+@dataclass
+class StageContext:
+    """What a stage may use outside its frames.
+
+    ``rate``: chain sample rate (Hz); ``positions``: microphone positions ``(channels, 3)`` in metres
+    relative to the array centre, or None when the config gives no geometry; ``emit(type, seq=..., **fields)``
+    publishes an event on the bus (not on the hot path of every frame: only on state changes);
+    ``log``: the stage's logger.
+    """
+
+    rate: int
+    positions: np.ndarray | None = None
+    emit: EventSink = field(default=lambda *a, **k: None)
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("voxd.stage"))
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Stage:
+    """Base class for stages. Subclasses set ``kind``, ``Params``, ``domain`` and implement ``process``."""
+
+    kind: ClassVar[str] = ""
+    domain: ClassVar[Domain] = Domain.TIME
+    Params: ClassVar[type[StageParams]] = StageParams
+    #: side keys read from ``frame.side`` (must be provided by an earlier stage)
+    requires: ClassVar[tuple[str, ...]] = ()
+    #: side keys this stage writes into ``frame.side``
+    provides: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, params: StageParams, name: str) -> None:
+        self.params = params
+        self.name = name
+        self.input_format: AudioFormat | None = None
+        self.output_format: AudioFormat | None = None
+
+    def negotiate(self, fmt: AudioFormat) -> AudioFormat:
+        """Check the input format and return the output format. Default: unchanged.
+
+        Raise :class:`FormatError` with a one-line reason when ``fmt`` is unusable.
+        """
+        return fmt
+
+    @property
+    def delay_samples(self) -> int:
+        """Algorithmic delay this stage adds, in samples at the chain rate (0 for most stages)."""
+        return 0
+
+    def open(self, ctx: StageContext) -> None:  # noqa: B027 - optional hook
+        """Allocate per-stream state; called once after ``negotiate`` and before the first frame."""
+
+    def process(self, frame: Frame) -> Frame:
+        """Return the processed frame. Must not mutate ``frame`` or its arrays."""
+        raise NotImplementedError
+
+    def reset(self) -> None:  # noqa: B027 - optional hook
+        """Forget stream state (after a discontinuity or a reload)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources."""
