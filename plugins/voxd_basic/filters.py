@@ -1,0 +1,64 @@
+"""Time-domain level and filter stages: ``highpass`` and ``gain``."""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+from scipy import signal
+
+from voxd.frame import AudioFormat, Frame
+from voxd.stage import FormatError, Stage, StageContext, StageParams
+
+
+class HighPassParams(StageParams):
+    cutoff_hz: float = Field(80.0, gt=0, description="-3 dB corner frequency (Hz)")
+    order: int = Field(2, ge=1, le=10, description="Butterworth order (6 dB per octave per order)")
+
+
+class HighPass(Stage):
+    """Butterworth high-pass: removes DC offset and rumble below ``cutoff_hz`` on every channel.
+
+    Runs as cascaded second-order sections with per-channel state, so the result does not depend on
+    how the stream is cut into frames. No added delay (minimum phase IIR).
+    """
+
+    kind = "highpass"
+    Params = HighPassParams
+    params: HighPassParams
+
+    def negotiate(self, fmt: AudioFormat) -> AudioFormat:
+        if self.params.cutoff_hz >= fmt.rate / 2:
+            raise FormatError(f"cutoff_hz {self.params.cutoff_hz:g} must be below Nyquist ({fmt.rate / 2:g} Hz)")
+        return fmt
+
+    def open(self, ctx: StageContext) -> None:
+        assert self.input_format is not None
+        self._sos = signal.butter(self.params.order, self.params.cutoff_hz, "highpass",
+                                  fs=self.input_format.rate, output="sos")
+        self._zi = np.zeros((self._sos.shape[0], self.input_format.channels, 2))
+
+    def process(self, frame: Frame) -> Frame:
+        y, self._zi = signal.sosfilt(self._sos, frame.samples, axis=1, zi=self._zi)
+        return frame.with_samples(y.astype(np.float32))
+
+    def reset(self) -> None:
+        self._zi[:] = 0.0
+
+
+class GainParams(StageParams):
+    db: float = Field(0.0, ge=-120, le=60, description="gain in dB (positive amplifies)")
+
+
+class Gain(Stage):
+    """Fixed gain of ``db`` decibels on every channel (no limiting: the wire clips at full scale)."""
+
+    kind = "gain"
+    Params = GainParams
+    params: GainParams
+
+    def open(self, ctx: StageContext) -> None:
+        self._g = np.float32(10.0 ** (self.params.db / 20.0))
+
+    def process(self, frame: Frame) -> Frame:
+        assert frame.samples is not None
+        return frame.with_samples(frame.samples * self._g)

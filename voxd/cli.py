@@ -1,0 +1,169 @@
+"""The ``voxd`` command line.
+
+Expected errors print one line each (config errors: ``file:line: path: message``) and exit with a
+documented status: 2 bad usage (argparse), 64 bad arguments, 65 unreadable audio, 66 missing input,
+69 unavailable endpoint/device, 70 a stage failed with ``on_error: fail``, 78 invalid config,
+130 interrupted. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from voxd import __version__
+from voxd.errors import ConfigError, VoxdError
+
+
+def _add_config(p: argparse.ArgumentParser, positional: bool = False) -> None:
+    if positional:
+        p.add_argument("config_pos", nargs="?", metavar="CONFIG", help="config file (YAML)")
+        p.add_argument("--config", "-c", help="config file (YAML)")
+    else:
+        p.add_argument("--config", "-c", required=True, help="config file (YAML)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                   help="override a config value (YAML syntax), e.g. chain.2.db=6; repeatable")
+
+
+def _load(args: argparse.Namespace):  # -> LoadedConfig
+    from voxd.config import load_config
+
+    path = getattr(args, "config", None) or getattr(args, "config_pos", None)
+    if not path:
+        raise VoxdError("a config file is required (CONFIG or --config)", 64)
+    return load_config(path, args.overrides)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from voxd.daemon import Daemon
+
+    loaded = _load(args)
+    _setup_logging(loaded.config.log.level)
+    return Daemon(loaded).run()
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    from voxd.process import output_paths, process_file, write_wav
+
+    loaded = _load(args)
+    _setup_logging(loaded.config.log.level if args.verbose else "warning")
+    pairs = output_paths(args.inputs, args.out_dir)
+    progress = sys.stderr.isatty() and not args.quiet
+    for inp, outp in pairs:
+        result = process_file(loaded, inp, progress=progress)
+        write_wav(outp, result.audio, result.rate)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from voxd.chain import build_chain
+    from voxd.sources.file import file_info
+
+    loaded = _load(args)
+    cfg = loaded.config
+    if cfg.capture.type == "file":
+        try:
+            channels = file_info(cfg.capture.path)[1]
+        except VoxdError as exc:
+            raise ConfigError([loaded.error(("capture", "path"), str(exc))]) from None
+    else:
+        channels = cfg.capture.channels
+    chain = build_chain(loaded, channels)
+    fmt = chain.out_format
+    names = " -> ".join(n.name for n in chain.nodes) or "(empty)"
+    print(f"{loaded.path}: ok: {channels} ch in, {fmt.channels} ch out at {fmt.rate} Hz; "
+          f"delay {chain.delay_samples / fmt.rate * 1000:g} ms; chain: {names}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from voxd.config import config_json_schema
+    from voxd.plugins import load_plugins
+
+    print(json.dumps(config_json_schema(load_plugins()), indent=2))
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from voxd.plugins import load_plugins
+
+    plugins = load_plugins()
+    rows = [("PLUGIN", "VERSION", "STATUS", "STAGES")]
+    for p in plugins.infos:
+        status = p.status if p.error is None else f"{p.status}: {p.error}"
+        rows.append((p.name, p.version, status, ", ".join(p.stages) or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}".rstrip())
+    return 0
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    from voxd.listen import listen
+
+    return listen(args.endpoint, args.out, args.seconds, topic=args.topic, quiet=args.quiet)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voxd", description="Voice-assistant front-end daemon.")
+    parser.add_argument("--version", action="version", version=f"voxd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the daemon: capture, chain, publish over ZeroMQ")
+    _add_config(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("process", help="run the chain offline on files (faster than real time)")
+    _add_config(p)
+    p.add_argument("--out-dir", "-o", help="write OUT_DIR/<input stem>.wav for each input")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", "-v", action="store_true", help="log at the config's level")
+    p.add_argument("inputs", nargs="+", metavar="IN", help="input audio files (or IN OUT without --out-dir)")
+    p.set_defaults(func=cmd_process)
+
+    p = sub.add_parser("listen", help="subscribe to a voxd stream; write WAV or raw PCM to stdout")
+    p.add_argument("endpoint", metavar="ENDPOINT", help="e.g. tcp://127.0.0.1:7700")
+    p.add_argument("--out", "-o", help="WAV file to write (default: raw PCM to stdout)")
+    p.add_argument("--seconds", type=float, help="stop after this much audio")
+    p.add_argument("--topic", default="audio", help="audio (default) or audio.<stage> for a debug tap")
+    p.add_argument("--quiet", "-q", action="store_true", help="no summary on stderr")
+    p.set_defaults(func=cmd_listen)
+
+    p = sub.add_parser("check", help="validate a config and build its chain (opens no device)")
+    _add_config(p, positional=True)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("schema", help="print the config's JSON Schema (with every installed stage)")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("plugins", help="list plugins with their stages, version and status")
+    p.set_defaults(func=cmd_plugins)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``voxd`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        return exc.exit_status
+    except VoxdError as exc:
+        print(f"voxd: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

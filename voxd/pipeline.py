@@ -1,0 +1,162 @@
+"""From source blocks to output frames: resample, cut into hops, run the chain, re-frame for the wire.
+
+The daemon (``voxd run``) and offline processing (``voxd process``) both push blocks through a
+:class:`Pipeline`, so their outputs are identical sample for sample. The pipeline removes the chain's
+algorithmic delay: output sample ``k`` lines up with input sample ``k`` (at the chain rate), the first
+``delay`` output samples (the transforms' warm-up) are dropped, and :meth:`Pipeline.flush` pushes
+``delay`` samples of silence so that the output is exactly as long as the input.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from voxd.chain import Chain
+from voxd.frame import Flags, Frame, header_side
+from voxd.resample import StreamResampler
+from voxd.sources.base import Block
+
+
+@dataclass(slots=True)
+class OutFrame:
+    """A frame ready for the wire: float32 ``(channels, n)`` at the chain rate.
+
+    ``topic``: ``audio`` or ``audio.<stage>`` (debug tap); ``seq``: per-topic counter; ``pts``: index of
+    the first sample since stream start; ``t``: capture time of that sample (Unix s); ``speech``: any
+    speech in the frame; ``side``: the JSON-scalar side values of the latest chain frame.
+    """
+
+    topic: str
+    samples: np.ndarray
+    seq: int
+    pts: int
+    t: float
+    speech: bool = False
+    side: dict[str, Any] = field(default_factory=dict)
+
+
+class Pipeline:
+    """Runs ``chain`` on blocks from a source at ``in_rate`` and emits frames of ``out_frame`` samples."""
+
+    def __init__(self, chain: Chain, in_rate: int, out_frame: int) -> None:
+        self.chain = chain
+        self.rate = chain.in_format.rate
+        self.hop = chain.hop
+        self.out_frame = out_frame
+        self.delay = chain.delay_samples
+        self.resampler = StreamResampler(in_rate, self.rate, chain.in_format.channels)
+        self._ratio = self.rate / in_rate
+        self._in_samples = 0  # at the source rate
+        # (pts at chain rate, t) of recent blocks; bounded: output never lags by more than a few blocks
+        self._anchors: deque[tuple[float, float]] = deque(maxlen=256)
+        self._pending = np.zeros((chain.in_format.channels, 0), np.float32)
+        self._pending_flags = Flags.NONE
+        self._received = 0  # chain-rate samples into the chain, real ones (not the flush padding)
+        self._hops = 0
+        self._skip = self.delay  # warm-up output still to drop
+        self._emitted = 0  # delay-compensated output samples emitted
+        self._out: list[np.ndarray] = []
+        self._out_len = 0
+        self._out_speech = False
+        self._out_side: dict[str, Any] = {}
+        self._seq = 0
+        self._tap_seq: dict[str, int] = {}
+        self.frames_in = 0  # chain frames processed
+
+    def time_of(self, pts: int) -> float:
+        """Capture time (Unix s) of chain-rate sample ``pts``, from the block times seen so far."""
+        if not self._anchors:
+            return 0.0
+        # requests are near the newest blocks: search from the right
+        p0, t0 = self._anchors[0]
+        for p, t in reversed(self._anchors):
+            if p <= pts:
+                p0, t0 = p, t
+                break
+        return t0 + (pts - p0) / self.rate
+
+    def push(self, block: Block) -> list[OutFrame]:
+        """Process one source block; return the output frames (and tap frames) completed by it."""
+        self._anchors.append((self._in_samples * self._ratio, block.t))
+        self._in_samples += block.samples.shape[1]
+        self._pending_flags |= block.flags
+        x = self.resampler.push(block.samples)
+        self._received += x.shape[1]
+        return self._feed(x)
+
+    def flush(self) -> list[OutFrame]:
+        """End of stream: drain the resampler and the chain; the last frame may be short."""
+        x = self.resampler.flush()
+        self._received += x.shape[1]
+        out = self._feed(x)
+        total = self._received
+        while self._emitted + self._out_len < total:
+            out += self._feed(np.zeros((self._pending.shape[0], self.hop), np.float32))
+        if self._out_len:
+            y = np.concatenate(self._out, axis=1)[:, : total - self._emitted]
+            out.append(self._make(y))
+        self._out, self._out_len = [], 0
+        return out
+
+    def _feed(self, x: np.ndarray) -> list[OutFrame]:
+        out: list[OutFrame] = []
+        buf = np.concatenate((self._pending, x), axis=1) if self._pending.shape[1] else x
+        n_hops = buf.shape[1] // self.hop
+        for i in range(n_hops):
+            hop = np.ascontiguousarray(buf[:, i * self.hop : (i + 1) * self.hop])
+            out += self._run_hop(hop)
+        self._pending = buf[:, n_hops * self.hop :].copy()
+        return out
+
+    def _run_hop(self, samples: np.ndarray) -> list[OutFrame]:
+        pts = self._hops * self.hop
+        frame = Frame(samples=samples, seq=self._hops, pts=pts, t=self.time_of(pts), rate=self.rate,
+                      flags=self._pending_flags)
+        self._pending_flags = Flags.NONE
+        self._hops += 1
+        self.frames_in += 1
+        result = self.chain.process(frame)
+        out = self._taps() if self.chain.taps else []
+        y = result.samples
+        assert y is not None
+        if self._skip:
+            drop = min(self._skip, y.shape[1])
+            self._skip -= drop
+            y = y[:, drop:]
+        if y.shape[1] == 0:
+            return out
+        self._out.append(y)
+        self._out_len += y.shape[1]
+        self._out_speech |= bool(result.side.get("speech", False))
+        self._out_side = result.side
+        while self._out_len >= self.out_frame:
+            joined = np.concatenate(self._out, axis=1)
+            out.append(self._make(joined[:, : self.out_frame]))
+            rest = joined[:, self.out_frame :]
+            self._out, self._out_len = ([rest], rest.shape[1]) if rest.shape[1] else ([], 0)
+        return out
+
+    def _make(self, y: np.ndarray) -> OutFrame:
+        frame = OutFrame("audio", np.ascontiguousarray(y), self._seq, self._emitted,
+                         self.time_of(self._emitted), self._out_speech, header_side(self._out_side))
+        frame.side.pop("speech", None)
+        self._seq += 1
+        self._emitted += y.shape[1]
+        self._out_speech = bool(self._out_side.get("speech", False)) if self._out_len > y.shape[1] else False
+        return frame
+
+    def _taps(self) -> list[OutFrame]:
+        out = []
+        for name, frame in self.chain.tap_frames.items():
+            if frame.samples is None:
+                continue
+            seq = self._tap_seq.get(name, 0)
+            self._tap_seq[name] = seq + 1
+            out.append(OutFrame(f"audio.{name}", frame.samples, seq, frame.pts, frame.t,
+                                bool(frame.side.get("speech", False)), header_side(frame.side)))
+        self.chain.tap_frames.clear()
+        return out

@@ -1,0 +1,100 @@
+"""Offline processing (``voxd process``): the daemon's chain on files, as fast as the CPU allows.
+
+Each input goes through a fresh :class:`~voxd.pipeline.Pipeline` exactly as the daemon would run it
+(same block size, same resampler, same chain, same float-to-int16 conversion), so the written WAV
+equals what a subscriber receives from ``voxd run`` on that file. The chain's delay is removed and the
+output has the input's duration at the chain rate.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from voxd.chain import build_chain
+from voxd.config import LoadedConfig
+from voxd.errors import EX_USAGE, VoxdError
+from voxd.pipeline import OutFrame, Pipeline
+from voxd.sources.file import FileSource, file_info
+from voxd.wire import float_to_s16
+
+SOURCE_BLOCK_MS = 20.0  # the same block size as the daemon's file source
+
+
+@dataclass
+class ProcessResult:
+    """One processed input: output samples float32 ``(channels, n)``, the chain rate and the events."""
+
+    input: str
+    output: str | None
+    audio: np.ndarray
+    rate: int
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+def positions_of(loaded: LoadedConfig) -> np.ndarray | None:
+    """Microphone positions ``(channels, 3)`` in metres from the config, or None."""
+    array = loaded.config.array
+    if array is None or array.positions is None:
+        return None
+    return np.asarray(array.positions, dtype=np.float64)
+
+
+def process_file(loaded: LoadedConfig, path: str, progress: bool = False,
+                 on_frame: Callable[[OutFrame], None] | None = None) -> ProcessResult:
+    """Run the configured chain over one file; returns the output audio and the events stages emitted."""
+    rate, channels = file_info(path)
+    chain = build_chain(loaded, channels)
+    events: list[dict[str, Any]] = []
+    chain.open(loaded.config.processing.rate, positions_of(loaded),
+               emit=lambda type, seq=None, **f: events.append({"type": type, "seq": seq, **f}))
+    src = FileSource(path, realtime=False, loop=False, block_ms=SOURCE_BLOCK_MS)
+    src.open()
+    out_frame = max(1, round(chain.in_format.rate * loaded.config.output.frame_ms / 1000))
+    pipe = Pipeline(chain, src.rate, out_frame)
+    chunks: list[np.ndarray] = []
+    total = sf.info(path).frames
+    bar = tqdm(total=total, unit="smp", unit_scale=True, desc=Path(path).name, disable=not progress,
+               leave=False, file=sys.stderr)
+
+    def take(frames: list[OutFrame]) -> None:
+        for f in frames:
+            if on_frame is not None:
+                on_frame(f)
+            if f.topic == "audio":
+                chunks.append(f.samples)
+
+    try:
+        while (block := src.read(0.0)) is not None:
+            take(pipe.push(block))
+            bar.update(block.samples.shape[1])
+        take(pipe.flush())
+    finally:
+        bar.close()
+        src.close()
+        chain.close()
+    ch = chain.out_format.channels
+    audio = np.concatenate(chunks, axis=1) if chunks else np.zeros((ch, 0), np.float32)
+    return ProcessResult(path, None, audio, chain.in_format.rate, events)
+
+
+def output_paths(inputs: Sequence[str], out_dir: str | None) -> list[tuple[str, str]]:
+    """Pair inputs with output paths: ``OUT_DIR/<stem>.wav``, or the ``IN OUT`` form without a dir."""
+    if out_dir is not None:
+        return [(i, str(Path(out_dir) / f"{Path(i).stem}.wav")) for i in inputs]
+    if len(inputs) == 2:
+        return [(inputs[0], inputs[1])]
+    raise VoxdError("process: give IN OUT, or --out-dir DIR with one or more inputs", EX_USAGE)
+
+
+def write_wav(path: str, audio: np.ndarray, rate: int) -> None:
+    """Write float32 ``(channels, n)`` as 16-bit PCM WAV with the wire's float-to-int16 conversion."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, float_to_s16(audio).T, rate, subtype="PCM_16", format="WAV")
