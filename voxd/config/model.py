@@ -1,0 +1,232 @@
+"""The configuration's sections as pydantic models, and the resolved :class:`VoxdConfig`.
+
+Every model forbids unknown keys and is frozen. Cross-field rules raise :func:`field_error`, which
+names the field the rule is about so that the error points at that key's line, not the section's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from voxd.stage import Stage, StageParams
+
+#: context key that moves an error from the model to one of its fields (see :func:`field_error`)
+FIELD_CTX = "voxd_field"
+
+ENDPOINT_SCHEMES = ("tcp://", "ipc://", "inproc://")
+ON_ERROR = ("bypass", "reset", "fail")
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def custom_error(message: str, **ctx: Any) -> PydanticCustomError:
+    """A validation error whose message is exactly ``message`` (pydantic would prefix a ValueError's
+    text with ``Value error, ``). The message goes through the context so that braces in user
+    values are not taken for template fields."""
+    return PydanticCustomError("voxd", "{message}", {"message": message, **ctx})
+
+
+def field_error(field: str, message: str) -> PydanticCustomError:
+    """A model-level (cross-field) error reported at ``field``."""
+    return custom_error(message, **{FIELD_CTX: field})
+
+
+def _whole(x: float) -> bool:
+    return abs(x - round(x)) < 1e-6
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FileCapture(Section):
+    """Read audio from a sound file (``voxd process``, tests, benchmarks)."""
+
+    type: Literal["file"] = Field("file", description="Capture source type.")
+    path: str | None = Field(
+        None, validate_default=True, description="Sound file to read (WAV, FLAC...); any channel count."
+    )
+    realtime: bool = Field(True, description="Pace reading at the file's real-time rate.")
+    loop: bool = Field(False, description="Start again at the end of the file instead of stopping.")
+
+    @field_validator("path")
+    @classmethod
+    def _path_given(cls, v: str | None) -> str:
+        if v is None:
+            raise custom_error("required for capture.type 'file'")
+        if not v.strip():
+            raise custom_error("must be a file path, got an empty string")
+        return v
+
+
+#: capture models by ``type``. A new source adds its model here and to :data:`CaptureConfig`, which
+#: then becomes ``Annotated[FileCapture | PyAudioCapture, Field(discriminator="type")]``. The loader
+#: picks the model from this table itself so that error paths never show a union tag.
+CAPTURE_TYPES: dict[str, type[Section]] = {"file": FileCapture}
+CaptureConfig = FileCapture
+
+
+class ProcessingConfig(Section):
+    """The chain's sample rate and its shared STFT."""
+
+    rate: int = Field(
+        16000, ge=8000, le=48000, description="Chain sample rate (Hz); capture is resampled to it."
+    )
+    window_ms: FiniteFloat = Field(20.0, gt=0, description="STFT window length (ms).")
+    hop_ms: FiniteFloat = Field(10.0, gt=0, description="STFT hop (ms): the chain's frame length.")
+    window: Literal["sqrt-hann"] = Field(
+        "sqrt-hann", description="Analysis and synthesis window (sqrt-Hann: perfect reconstruction)."
+    )
+
+    @model_validator(mode="after")
+    def _whole_samples(self) -> ProcessingConfig:
+        # Overlap-add needs the window to be a whole number (>= 2) of hops, and both to be whole samples.
+        ratio = self.window_ms / self.hop_ms
+        if not _whole(ratio) or round(ratio) < 2:
+            raise field_error("hop_ms", f"window_ms / hop_ms must be a whole number >= 2, got {ratio:g}")
+        for name, ms in (("hop_ms", self.hop_ms), ("window_ms", self.window_ms)):
+            n = self.rate * ms / 1000
+            if not _whole(n):
+                raise field_error(name, f"{ms:g} ms is not a whole number of samples at {self.rate} Hz")
+        return self
+
+    @property
+    def hop_samples(self) -> int:
+        """The hop in samples at ``rate``."""
+        return round(self.rate * self.hop_ms / 1000)
+
+    @property
+    def window_samples(self) -> int:
+        """The window (FFT) length in samples at ``rate``."""
+        return round(self.rate * self.window_ms / 1000)
+
+
+_XYZ: dict[str, Any] = {"minItems": 3, "maxItems": 3}  # the schema's view of _xyz
+
+
+def _xyz(row: list[float]) -> list[float]:
+    if len(row) != 3:
+        raise custom_error(f"each position must be [x, y, z] in metres, got {len(row)} numbers")
+    return row
+
+
+#: one microphone position [x, y, z] (m)
+Position = Annotated[list[FiniteFloat], AfterValidator(_xyz), Field(json_schema_extra=_XYZ)]
+
+
+class ArrayConfig(Section):
+    """Microphone array geometry: a named preset or explicit positions."""
+
+    preset: str | None = Field(None, description="Name of a known array geometry.")
+    positions: list[Position] | None = Field(
+        None, min_length=1, description="Microphone positions [x, y, z] (m), one row per capture channel."
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ArrayConfig:
+        if self.preset is not None and self.positions is not None:
+            raise field_error("positions", "give either array.preset or array.positions, not both")
+        if self.preset is None and self.positions is None:
+            raise custom_error("give array.preset or array.positions")
+        return self
+
+
+def _endpoint(value: str) -> str:
+    if not value.startswith(ENDPOINT_SCHEMES):
+        raise custom_error(f"must start with tcp://, ipc:// or inproc://, got '{value}'")
+    return value
+
+
+class OutputConfig(Section):
+    """The ZeroMQ publisher."""
+
+    endpoints: list[Annotated[str, AfterValidator(_endpoint)]] = Field(
+        default_factory=lambda: ["tcp://127.0.0.1:7700"],
+        min_length=1,
+        description="ZeroMQ PUB endpoints to bind (tcp://, ipc:// or inproc://).",
+    )
+    format: Literal["s16le", "f32le"] = Field("s16le", description="Sample format of audio payloads.")
+    frame_ms: FiniteFloat = Field(
+        20.0, gt=0, le=1000, description="Duration of one published audio message (ms)."
+    )
+    hwm: int = Field(
+        1000, ge=1, description="Send high-water mark (messages); a slow subscriber loses the rest."
+    )
+    taps: list[str] = Field(
+        default_factory=list, description="Stage names whose output is also published as 'audio.<name>'."
+    )
+    stats_interval_s: FiniteFloat = Field(5.0, gt=0, description="Interval between 'stats' messages (s).")
+    wait_for_subscriber_s: FiniteFloat = Field(
+        0.0, ge=0, description="Wait up to this long for a first subscriber before starting (s)."
+    )
+
+
+class LogConfig(Section):
+    """Logging."""
+
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+
+
+def _stage_name(value: str | None) -> str | None:
+    # Names become tap topics ('audio.<name>') and appear in stats: keep them plain.
+    if value is not None and not (value[:1].isalnum() and value.replace("-", "").replace("_", "").isalnum()):
+        raise custom_error(f"must be letters, digits, '-' and '_', got '{value}'")
+    return value
+
+
+class ChainEntry(Section):
+    """The keys every chain entry has besides its stage's own parameters."""
+
+    stage: str = Field(description="Stage kind (see 'voxd plugins').")
+    name: Annotated[str | None, AfterValidator(_stage_name)] = Field(
+        None, description="Name of this stage in logs, stats and taps (default: the kind, then kind-2...)."
+    )
+    on_error: Literal["bypass", "reset", "fail"] = Field(
+        "reset",
+        description="When the stage raises: pass the frame through (bypass), reset the stage and pass it "
+        "through (reset), or stop the daemon (fail).",
+    )
+
+
+#: keys of a chain entry that are not stage parameters
+ENTRY_KEYS = tuple(ChainEntry.model_fields)
+
+#: section models by top-level key (``capture`` and ``chain`` are resolved by the loader)
+SECTIONS: dict[str, type[Section]] = {
+    "processing": ProcessingConfig,
+    "array": ArrayConfig,
+    "output": OutputConfig,
+    "log": LogConfig,
+}
+TOP_LEVEL_KEYS = ("capture", "processing", "array", "chain", "output", "log")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One resolved chain entry: ``index`` in the chain list, stage ``kind``, unique ``name``,
+    ``on_error`` policy, validated ``params`` (an instance of ``cls.Params``) and the stage class."""
+
+    index: int
+    kind: str
+    name: str
+    on_error: str
+    params: StageParams
+    cls: type[Stage]
+
+
+@dataclass(frozen=True)
+class VoxdConfig:
+    """The whole validated configuration."""
+
+    capture: CaptureConfig
+    processing: ProcessingConfig
+    array: ArrayConfig | None
+    output: OutputConfig
+    log: LogConfig
+    chain: list[StageSpec]
