@@ -1,0 +1,225 @@
+"""The ZeroMQ publisher: puts encoded frames, events and stats on the wire, never blocking.
+
+One XPUB socket is bound to every configured endpoint. To subscribers it is an ordinary PUB socket;
+XPUB is used so the daemon can see subscriptions arrive (``wait_for_subscriber``, and ``subscriptions``
+to know whether anyone listens to a debug tap).
+
+Threading: a ZeroMQ socket is not thread-safe. Create, use and close a :class:`Publisher` on ONE
+thread, the worker thread that runs the chain. Other threads hand it events through the worker.
+
+Back-pressure: there is none, on purpose. Each subscriber has a send queue of ``hwm`` messages; when a
+slow subscriber's queue is full, its messages are dropped (it sees a ``seq`` gap) and the worker goes on
+at full speed. Sends are non-blocking, so even a misbehaving transport cannot stall the chain.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import zmq
+
+from voxd.errors import EX_UNAVAILABLE, VoxdError
+from voxd.wire import TOPIC_AUDIO, encode_audio, encode_event, encode_stats, sample_width
+
+# Subscription messages queue up inside the XPUB socket until read; reading them every few dozen sends
+# keeps that queue bounded on a daemon that runs for months while clients come and go.
+_DRAIN_EVERY = 64
+
+
+class Publisher:
+    """Publishes wire-format v1 messages on one XPUB socket bound to ``endpoints``.
+
+    ``endpoints``: ZeroMQ endpoints to bind (``tcp://127.0.0.1:5556``, ``ipc:///run/voxd/audio``; the
+    parent directory of an ``ipc://`` path is created if missing; ``tcp://127.0.0.1:*`` picks a free
+    port, see ``endpoints``). ``fmt``: ``s16le`` or ``f32le``. ``hwm``: messages queued per subscriber
+    before that subscriber loses messages. ``stream_id``: the ``stream`` header value (a fresh random
+    id when None, so every daemon start is a new stream).
+
+    Raises :class:`VoxdError` (exit status 69, EX_UNAVAILABLE) when an endpoint cannot be bound.
+    Must be created, used and closed on a single thread (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        endpoints: list[str],
+        fmt: str = "s16le",
+        hwm: int = 1000,
+        stream_id: str | None = None,
+    ) -> None:
+        sample_width(fmt)  # fail on an unknown format before binding anything
+        self.fmt = fmt
+        self.stream = stream_id if stream_id is not None else uuid.uuid4().hex[:12]
+        #: Messages handed to ZeroMQ: audio frames (all audio topics), payload bytes, events, stats;
+        #: ``dropped`` counts sends refused outright (not the per-subscriber high-water-mark drops,
+        #: which ZeroMQ does silently and subscribers see as seq gaps).
+        self.counters: dict[str, int] = {
+            "audio_frames": 0,
+            "audio_bytes": 0,
+            "events": 0,
+            "stats": 0,
+            "dropped": 0,
+        }
+        #: The endpoints actually bound (a ``*`` port resolved to the chosen one), in order.
+        self.endpoints: list[str] = []
+        self._subscriptions: set[bytes] = set()
+        self._sends = 0
+        self._closed = False
+        self._context = zmq.Context()
+        self._socket = self._context.socket(zmq.XPUB)
+        try:
+            self._socket.setsockopt(zmq.SNDHWM, hwm)
+            self._socket.setsockopt(zmq.LINGER, 0)  # until close() says how long to flush
+            for ep in endpoints:
+                self.endpoints.append(self._bind(ep))
+        except BaseException:
+            self._socket.close(linger=0)
+            self._context.term()
+            raise
+
+    def _bind(self, ep: str) -> str:
+        if ep.startswith("ipc://"):
+            path = ep[len("ipc://") :]
+            parent = os.path.dirname(path)
+            # '@name' is Linux's abstract namespace: no file, no directory.
+            if parent and not path.startswith("@"):
+                try:
+                    os.makedirs(parent, exist_ok=True)
+                except OSError as e:
+                    raise VoxdError(
+                        f"output endpoint {ep}: cannot create {parent}: {e.strerror}", EX_UNAVAILABLE
+                    ) from e
+        try:
+            self._socket.bind(ep)
+        except zmq.ZMQError as e:
+            raise VoxdError(f"output endpoint {ep}: {e}", EX_UNAVAILABLE) from e
+        last = self._socket.getsockopt(zmq.LAST_ENDPOINT)
+        return last.decode() if isinstance(last, bytes) and last else ep
+
+    # ------------------------------------------------------------------------------------ sending
+
+    def send_audio(
+        self,
+        samples: np.ndarray,
+        *,
+        seq: int,
+        pts: int,
+        t: float,
+        rate: int,
+        speech: bool = False,
+        side: dict[str, Any] | None = None,
+        topic: str = TOPIC_AUDIO,
+    ) -> bool:
+        """Publish one audio frame: ``samples`` float32 ``(channels, n)``, ``seq`` (+1 per frame of
+        ``topic``), ``pts`` (first sample's index since stream start), ``t`` (its capture time, Unix s),
+        ``rate`` (Hz), ``speech`` (False when unknown), ``side`` (frame side values; scalars travel).
+        Returns False if ZeroMQ refused the message (counted in ``counters["dropped"]``).
+        """
+        parts = encode_audio(
+            samples,
+            stream=self.stream,
+            seq=seq,
+            pts=pts,
+            t=t,
+            rate=rate,
+            fmt=self.fmt,
+            speech=speech,
+            side=side,
+            topic=topic,
+        )
+        if not self._send(parts):
+            return False
+        self.counters["audio_frames"] += 1
+        self.counters["audio_bytes"] += len(parts[2])
+        return True
+
+    def send_event(self, type: str, seq: int | None = None, **fields: Any) -> bool:
+        """Publish an event (``speech_start``, ``end_of_stream``, ...); ``seq``: the audio seq it refers
+        to; ``t`` (Unix s) defaults to now; other ``fields`` travel as JSON. Returns False if refused."""
+        sent = self._send(encode_event(type, stream=self.stream, seq=seq, **fields))
+        self.counters["events"] += int(sent)
+        return sent
+
+    def send_stats(self, **fields: Any) -> bool:
+        """Publish periodic counters (JSON values); ``t`` defaults to now. Returns False if refused."""
+        self._drain()
+        sent = self._send(encode_stats(stream=self.stream, **fields))
+        self.counters["stats"] += int(sent)
+        return sent
+
+    def _send(self, parts: list[bytes]) -> bool:
+        self._sends += 1
+        if self._sends % _DRAIN_EVERY == 0:
+            self._drain()
+        try:
+            # XPUB drops at the high-water mark rather than blocking; NOBLOCK makes sure of it.
+            self._socket.send_multipart(parts, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self.counters["dropped"] += 1
+            return False
+        return True
+
+    # ------------------------------------------------------------------------------- subscriptions
+
+    @property
+    def subscriptions(self) -> frozenset[str]:
+        """Topic prefixes that at least one subscriber has subscribed to (as of the last read)."""
+        return frozenset(s.decode("utf-8", "replace") for s in self._subscriptions)
+
+    def wait_for_subscriber(self, timeout_s: float, topics: Iterable[str] = ()) -> bool:
+        """Wait up to ``timeout_s`` seconds for a subscription; True once any subscriber subscribed.
+
+        With ``topics``, wait until every one of them is covered by some subscription (a subscriber
+        subscribes topic by topic, so this avoids sending an ``event`` before its subscription landed).
+        Messages published after this returns True reach that subscriber (no slow-joiner loss).
+        """
+        wanted = [t.encode() for t in topics]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._drain()
+            if self._subscriptions and all(any(w.startswith(s) for s in self._subscriptions) for w in wanted):
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._socket.poll(max(1, math.ceil(remaining * 1000)), zmq.POLLIN)
+
+    def _drain(self) -> None:
+        """Read the pending (un)subscription messages: byte 0 is 1/0, the rest is the topic prefix."""
+        while True:
+            try:
+                msg = self._socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            # A non-verbose XPUB reports only a topic's first subscribe and last unsubscribe, so a set
+            # of topics is exact.
+            if msg[:1] == b"\x01":
+                self._subscriptions.add(msg[1:])
+            elif msg[:1] == b"\x00":
+                self._subscriptions.discard(msg[1:])
+
+    # ------------------------------------------------------------------------------------ closing
+
+    def close(self, linger_ms: int = 2000) -> None:
+        """Flush what is queued (for at most ``linger_ms``), then close the socket. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._socket.close(linger=linger_ms)
+        self._context.term()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran."""
+        return self._closed
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
