@@ -10,6 +10,7 @@ EX_USAGE = 64  # bad command line
 EX_DATAERR = 65  # bad input data (an unreadable audio file)
 EX_NOINPUT = 66  # an input file does not exist
 EX_UNAVAILABLE = 69  # a device or endpoint is unavailable
+EX_CANTCREAT = 73  # an output file cannot be written
 EX_SOFTWARE = 70  # a stage failed with on_error: fail
 EX_CONFIG = 78  # the configuration is invalid
 

@@ -23,12 +23,12 @@ from typing import BinaryIO
 import soundfile as sf
 
 from voxd.client import Subscriber
-from voxd.errors import EX_DATAERR, EX_USAGE, VoxdError
+from voxd.errors import EX_CANTCREAT, EX_DATAERR, EX_USAGE, VoxdError
 from voxd.wire import TOPIC_EVENT, AudioMessage, EventMessage, is_audio_topic, sample_width
 
 __all__ = ["listen"]
 
-EX_CANTCREAT = 73  # sysexits.h: cannot create an output file
+
 
 # How often the receive loop wakes up to notice a stop request (ms); bounds the reaction to a signal.
 _POLL_MS = 100

@@ -50,7 +50,7 @@ def positions_of(loaded: LoadedConfig) -> np.ndarray | None:
 def process_file(loaded: LoadedConfig, path: str, progress: bool = False,
                  on_frame: Callable[[OutFrame], None] | None = None) -> ProcessResult:
     """Run the configured chain over one file; returns the output audio and the events stages emitted."""
-    rate, channels = file_info(path)
+    channels = file_info(path)[1]
     chain = build_chain(loaded, channels)
     events: list[dict[str, Any]] = []
     chain.open(loaded.config.processing.rate, positions_of(loaded),

@@ -88,15 +88,15 @@ class Stage:
         """Algorithmic delay this stage adds, in samples at the chain rate (0 for most stages)."""
         return 0
 
-    def open(self, ctx: StageContext) -> None:  # noqa: B027 - optional hook
+    def open(self, ctx: StageContext) -> None:
         """Allocate per-stream state; called once after ``negotiate`` and before the first frame."""
 
     def process(self, frame: Frame) -> Frame:
         """Return the processed frame. Must not mutate ``frame`` or its arrays."""
         raise NotImplementedError
 
-    def reset(self) -> None:  # noqa: B027 - optional hook
+    def reset(self) -> None:
         """Forget stream state (after a discontinuity or a reload)."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release resources."""

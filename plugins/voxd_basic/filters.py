@@ -28,7 +28,8 @@ class HighPass(Stage):
 
     def negotiate(self, fmt: AudioFormat) -> AudioFormat:
         if self.params.cutoff_hz >= fmt.rate / 2:
-            raise FormatError(f"cutoff_hz {self.params.cutoff_hz:g} must be below Nyquist ({fmt.rate / 2:g} Hz)")
+            raise FormatError(f"cutoff_hz {self.params.cutoff_hz:g} must be below Nyquist "
+                              f"({fmt.rate / 2:g} Hz)")
         return fmt
 
     def open(self, ctx: StageContext) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -13,10 +14,10 @@ from voxd.sources.base import Block, Source
 
 def file_info(path: str) -> tuple[int, int]:
     """(rate Hz, channels) of an audio file, or :class:`InputError` naming the file."""
+    if not os.path.exists(path):  # libsndfile only says "System error" for this
+        raise InputError(f"{path}: no such file")
     try:
         info = sf.info(path)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise InputError(f"{path}: cannot read audio: {exc}", EX_DATAERR) from None
     return int(info.samplerate), int(info.channels)
