@@ -44,8 +44,9 @@ class Mix(Stage):
     Params = MixParams
 
     def negotiate(self, fmt: AudioFormat) -> AudioFormat:
+        self._scale = np.float32(1.0 / fmt.channels)
         return AudioFormat(fmt.rate, 1, fmt.frame, fmt.domain, fmt.n_fft)
 
     def process(self, frame: Frame) -> Frame:
         assert frame.samples is not None
-        return frame.with_samples(frame.samples.mean(axis=0, keepdims=True, dtype=np.float32))
+        return frame.with_samples(frame.samples.sum(axis=0, keepdims=True) * self._scale)
