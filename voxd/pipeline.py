@@ -64,6 +64,7 @@ class Pipeline:
         self._out_speech = False
         self._out_side: dict[str, Any] = {}
         self._seq = 0
+        self._limit: int | None = None  # total output length, known once flushing
         self._tap_seq: dict[str, int] = {}
         self.frames_in = 0  # chain frames processed
 
@@ -93,12 +94,11 @@ class Pipeline:
         x = self.resampler.flush()
         self._received += x.shape[1]
         out = self._feed(x)
-        total = self._received
+        total = self._limit = self._received
         while self._emitted + self._out_len < total:
             out += self._feed(np.zeros((self._pending.shape[0], self.hop), np.float32))
         if self._out_len:
-            y = np.concatenate(self._out, axis=1)[:, : total - self._emitted]
-            out.append(self._make(y))
+            out.append(self._make(np.concatenate(self._out, axis=1)))
         self._out, self._out_len = [], 0
         return out
 
@@ -127,6 +127,8 @@ class Pipeline:
             drop = min(self._skip, y.shape[1])
             self._skip -= drop
             y = y[:, drop:]
+        if self._limit is not None:  # flushing: the silence pushed in must not lengthen the output
+            y = y[:, : max(0, self._limit - self._emitted - self._out_len)]
         if y.shape[1] == 0:
             return out
         self._out.append(y)
