@@ -114,3 +114,40 @@ def test_process_resamples_48k_input_to_the_chain_rate(tmp_path: Path, voxd):
     ref = x.mean(axis=1)[::3]
     # soxr is linear phase and delay-compensated: the chirp lines up with the decimated input
     assert np.corrcoef(y[200:-200], ref[200:-200])[0, 1] > 0.95
+
+
+def test_sigterm_stops_cleanly_and_flushes(tmp_path: Path, free_port: int):
+    """A looping real-time daemon stopped by SIGTERM: exit 0, no seq gap, a final 'stopping' event."""
+    import signal
+
+    rec = tmp_path / "rec.wav"
+    make_recording(rec, channels=2, seconds=0.5)
+    endpoint = f"tcp://127.0.0.1:{free_port}"
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"capture: {{type: file, path: {rec}, realtime: true, loop: true}}\n"
+                   "chain: [{stage: passthrough_stft}, {stage: mix}]\n"
+                   f"output: {{endpoints: ['{endpoint}'], wait_for_subscriber_s: 20}}\n")
+    out = tmp_path / "sub"
+    sub = subprocess.Popen([sys.executable, "-c", SUBSCRIBER.replace('"end_of_stream"', '"stopping"'),
+                            endpoint, str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    daemon = None
+    try:
+        assert sub.stdout is not None and sub.stdout.readline().strip() == "ready"
+        daemon = subprocess.Popen([sys.executable, "-m", "voxd", "run", "--config", str(cfg)], cwd=ROOT,
+                                  stderr=subprocess.PIPE, text=True)
+        import time
+
+        assert daemon.stderr is not None and "publishing stream" in daemon.stderr.readline()
+        time.sleep(1.5)  # three loops of the recording
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=10) == 0
+        assert sub.wait(timeout=30) == 0
+    finally:
+        sub.kill()
+        if daemon is not None:
+            daemon.kill()
+    info = json.loads(Path(f"{out}.json").read_text())
+    n = len(info["seqs"])
+    assert n > 30 and info["seqs"] == list(range(n)) and info["gaps"] == 0
+    assert info["events"] == ["stopping"]
+    assert len(Path(f"{out}.pcm").read_bytes()) == 2 * 320 * n

@@ -58,7 +58,7 @@ class Node:
 
     def timing_us(self) -> tuple[float, float]:
         """(p50, p99) of the recent per-frame times in microseconds."""
-        n = min(self.count, TIMING_WINDOW)
+        n = min(self.count, self.times_ns.size)
         if n == 0:
             return (0.0, 0.0)
         p50, p99 = np.percentile(self.times_ns[:n], [50, 99]) / 1000.0
@@ -218,7 +218,7 @@ class Chain:
         for node in self.nodes:
             t0 = time.perf_counter_ns()
             frame = node.process(frame)
-            node.times_ns[node.count % TIMING_WINDOW] = time.perf_counter_ns() - t0
+            node.times_ns[node.count % node.times_ns.size] = time.perf_counter_ns() - t0
             node.count += 1
             if node.name in self.taps:
                 self._tap(node.name, frame)

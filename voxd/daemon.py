@@ -135,6 +135,9 @@ class Daemon:
         if src.exhausted:
             pub.send_event("end_of_stream", seq=self._last_seq, frames=self.frames)
             log.info("end of stream after %d frames", self.frames)
+        else:  # stopped by a signal: tell consumers this is a shutdown, not a lost connection
+            pub.send_event("stopping", seq=self._last_seq, frames=self.frames)
+            log.info("stopped after %d frames", self.frames)
 
     def _stats(self, pipe: Pipeline, src: Source, rtf: float) -> dict[str, Any]:
         stages = {name: {"p50_us": round(p50, 1), "p99_us": round(p99, 1)}
