@@ -75,7 +75,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         except VoxdError as exc:
             raise ConfigError([loaded.error(("capture", "path"), str(exc))]) from None
     else:
-        channels = cfg.capture.channels
+        channels = cfg.capture.out_channels
     chain = build_chain(loaded, channels)
     fmt = chain.out_format
     names = " -> ".join(n.name for n in chain.nodes) or "(empty)"
@@ -103,6 +103,16 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:
         print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}".rstrip())
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from voxd.sources.devices import input_devices, portaudio, table
+
+    with portaudio() as pa:
+        devices = input_devices(pa)
+    print(table(devices) if devices else "no input devices (is a sound server running? is the user in "
+          "the 'audio' group?)")
     return 0
 
 
@@ -140,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate a config and build its chain (opens no device)")
     _add_config(p, positional=True)
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("devices", help="list audio input devices (index, name, channels, default rate)")
+    p.set_defaults(func=cmd_devices)
 
     p = sub.add_parser("schema", help="print the config's JSON Schema (with every installed stage)")
     p.set_defaults(func=cmd_schema)

@@ -34,6 +34,10 @@ def make_source(loaded: LoadedConfig) -> Source:
     cap = loaded.config.capture
     if cap.type == "file":
         return FileSource(cap.path, realtime=cap.realtime, loop=cap.loop)
+    if cap.type == "pyaudio":
+        from voxd.sources.live import LiveSource
+
+        return LiveSource(cap, loaded.config.processing.rate)
     raise VoxdError(f"capture.type '{cap.type}' is not supported by this build")
 
 
@@ -119,6 +123,8 @@ class Daemon:
         busy_s, audio_s = 0.0, 0.0
         while not self.stop_event.is_set():
             block = src.read(READ_TIMEOUT_S)
+            for type_, fields in src.take_events():
+                pub.send_event(type_, seq=self._last_seq, **fields)
             if block is None:
                 if src.exhausted:
                     break

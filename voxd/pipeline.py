@@ -27,7 +27,8 @@ class OutFrame:
 
     ``topic``: ``audio`` or ``audio.<stage>`` (debug tap); ``seq``: per-topic counter; ``pts``: index of
     the first sample since stream start; ``t``: capture time of that sample (Unix s); ``speech``: any
-    speech in the frame; ``side``: the JSON-scalar side values of the latest chain frame.
+    speech in the frame; ``side``: the JSON-scalar side values of the latest chain frame, plus
+    ``discontinuity: true`` on the first frame after input was lost (overrun, device loss).
     """
 
     topic: str
@@ -64,6 +65,7 @@ class Pipeline:
         self._out_speech = False
         self._out_side: dict[str, Any] = {}
         self._seq = 0
+        self._disc = False  # a discontinuity reached the output: say so in the next frame's header
         self._limit: int | None = None  # total output length, known once flushing
         self._tap_seq: dict[str, int] = {}
         self.frames_in = 0  # chain frames processed
@@ -120,6 +122,7 @@ class Pipeline:
         self._hops += 1
         self.frames_in += 1
         result = self.chain.process(frame)
+        self._disc |= bool(frame.flags & Flags.DISCONTINUITY)
         out = self._taps() if self.chain.taps else []
         y = result.samples
         assert y is not None
@@ -146,6 +149,9 @@ class Pipeline:
         frame = OutFrame("audio", np.ascontiguousarray(y), self._seq, self._emitted,
                          self.time_of(self._emitted), self._out_speech, header_side(self._out_side))
         frame.side.pop("speech", None)
+        if self._disc:
+            frame.side["discontinuity"] = True
+            self._disc = False
         self._seq += 1
         self._emitted += y.shape[1]
         self._out_speech = bool(self._out_side.get("speech", False)) if self._out_len > y.shape[1] else False

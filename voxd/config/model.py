@@ -65,11 +65,55 @@ class FileCapture(Section):
         return v
 
 
-#: capture models by ``type``. A new source adds its model here and to :data:`CaptureConfig`, which
-#: then becomes ``Annotated[FileCapture | PyAudioCapture, Field(discriminator="type")]``. The loader
-#: picks the model from this table itself so that error paths never show a union tag.
-CAPTURE_TYPES: dict[str, type[Section]] = {"file": FileCapture}
-CaptureConfig = FileCapture
+class PyAudioCapture(Section):
+    """A live input device through PortAudio (PyAudio), in callback mode."""
+
+    type: Literal["pyaudio"] = Field("pyaudio", description="Capture source type.")
+    device: str | int | None = Field(
+        None, description="Input device: a substring of its name (case-insensitive) or its index "
+        "(see `voxd devices`); default: the system's default input device."
+    )
+    channels: int = Field(1, ge=1, le=64, description="Channels to open on the device.")
+    rate: int | None = Field(
+        None, ge=8000, le=192000, description="Device sample rate (Hz); resampled to processing.rate. "
+        "Default: processing.rate when the device supports it, else the device's default rate."
+    )
+    block_ms: FiniteFloat = Field(10.0, gt=0, le=200, description="Device buffer (ms) per callback.")
+    channel_map: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, min_length=1, description="Device channels to keep, in chain order (0-based), e.g. "
+        "[0, 1, 2, 3, 4, 5] to drop the loopback channels 6-7 of a ReSpeaker 6-mic board."
+    )
+    stall_timeout_ms: FiniteFloat = Field(
+        2000.0, gt=0, description="No data for this long means the device is lost (a stalled device "
+        "delivers nothing and raises nothing)."
+    )
+    queue_ms: FiniteFloat = Field(
+        1000.0, gt=0, description="Audio the callback may queue for the worker before overrunning (ms)."
+    )
+    retry_max_s: FiniteFloat = Field(
+        10.0, gt=0, description="Cap of the exponential backoff between attempts to reopen a lost device (s)."
+    )
+
+    @model_validator(mode="after")
+    def _map_in_range(self) -> PyAudioCapture:
+        if self.channel_map is not None:
+            bad = [c for c in self.channel_map if c >= self.channels]
+            if bad:
+                raise field_error("channel_map", f"channel {bad[0]} does not exist: the device is opened "
+                                  f"with {self.channels} channel{'s' if self.channels != 1 else ''} (0-"
+                                  f"{self.channels - 1})")
+        return self
+
+    @property
+    def out_channels(self) -> int:
+        """Channels the source delivers to the chain (after the channel map)."""
+        return len(self.channel_map) if self.channel_map is not None else self.channels
+
+
+#: capture models by ``type``. The loader picks the model from this table itself (rather than through
+#: a pydantic union) so that error paths never show a union tag.
+CAPTURE_TYPES: dict[str, type[Section]] = {"file": FileCapture, "pyaudio": PyAudioCapture}
+CaptureConfig = Annotated[FileCapture | PyAudioCapture, Field(discriminator="type")]
 
 
 class ProcessingConfig(Section):

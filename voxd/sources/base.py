@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -63,6 +64,10 @@ class Source(ABC):
     def counters(self) -> dict[str, int]:
         """Source counters for the stats topic (overruns, drops...)."""
         return {}
+
+    def take_events(self) -> list[tuple[str, dict[str, Any]]]:
+        """Events since the last call, as ``(type, fields)`` (``device_lost``, ``overrun``...)."""
+        return []
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the file or device."""

@@ -1,0 +1,134 @@
+"""PortAudio input devices: listing them and resolving the config's ``capture.device``.
+
+PortAudio scans devices once, when it is initialised; to see a device that appeared (or came back)
+PortAudio must be terminated and initialised again, which :func:`portaudio` does on every call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from voxd.errors import EX_UNAVAILABLE, VoxdError
+
+log = logging.getLogger("voxd.devices")
+
+_ALSA_HANDLER: Any = None  # keeps the ctypes callback alive
+
+
+def quiet_alsa() -> None:
+    """Route libasound's error prints (a dozen lines about missing PCMs at every PortAudio start) to
+    the DEBUG log instead of stderr. Harmless when libasound is absent."""
+    global _ALSA_HANDLER
+    if _ALSA_HANDLER is not None:
+        return
+    name = ctypes.util.find_library("asound")
+    if name is None:
+        _ALSA_HANDLER = False
+        return
+    handler_type = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                                    ctypes.c_char_p)
+
+    def handler(filename: bytes, line: int, function: bytes, err: int, fmt: bytes) -> None:
+        log.debug("alsa: %s:%d %s: %s", filename.decode(errors="replace"), line,
+                  function.decode(errors="replace"), fmt.decode(errors="replace"))
+
+    _ALSA_HANDLER = handler_type(handler)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.cdll.LoadLibrary(name).snd_lib_error_set_handler(_ALSA_HANDLER)
+
+
+def import_pyaudio() -> Any:
+    """The ``pyaudio`` module, or a one-line error saying how to get it."""
+    try:
+        import pyaudio
+    except ImportError as exc:  # pragma: no cover - PyAudio is a dependency; this is for broken installs
+        raise VoxdError(f"live capture needs PyAudio (pip install PyAudio; Debian: portaudio19-dev): {exc}",
+                        EX_UNAVAILABLE) from None
+    return pyaudio
+
+
+@contextlib.contextmanager
+def portaudio() -> Iterator[Any]:
+    """A freshly initialised ``pyaudio.PyAudio`` (so devices are rescanned), terminated on exit."""
+    pyaudio = import_pyaudio()
+    quiet_alsa()
+    pa = pyaudio.PyAudio()
+    try:
+        yield pa
+    finally:
+        pa.terminate()
+
+
+@dataclass(frozen=True)
+class InputDevice:
+    """An input device as PortAudio reports it; ``default_rate`` in Hz."""
+
+    index: int
+    name: str
+    max_channels: int
+    default_rate: float
+    host_api: str
+    is_default: bool = False
+
+
+def input_devices(pa: Any) -> list[InputDevice]:
+    """Every device of ``pa`` with at least one input channel."""
+    try:
+        default = pa.get_default_input_device_info()["index"]
+    except OSError:
+        default = -1
+    out = []
+    for i in range(pa.get_device_count()):
+        info = pa.get_device_info_by_index(i)
+        if int(info["maxInputChannels"]) > 0:
+            api = pa.get_host_api_info_by_index(info["hostApi"])["name"]
+            out.append(InputDevice(i, info["name"], int(info["maxInputChannels"]),
+                                   float(info["defaultSampleRate"]), api, i == default))
+    return out
+
+
+def describe(devices: list[InputDevice]) -> str:
+    """The devices on one line, for error messages."""
+    if not devices:
+        return "no input devices (is the sound server running, is the user in the 'audio' group?)"
+    return "input devices: " + "; ".join(
+        f"[{d.index}] {d.name} ({d.max_channels} ch, {d.default_rate:g} Hz)" for d in devices)
+
+
+def table(devices: list[InputDevice]) -> str:
+    """The devices as a text table (``voxd devices``)."""
+    rows = [("INDEX", "NAME", "CHANNELS", "DEFAULT RATE", "HOST API")]
+    for d in devices:
+        rows.append((f"{d.index}{'*' if d.is_default else ''}", d.name, str(d.max_channels),
+                     f"{d.default_rate:g}", d.host_api))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(f"{c:<{w}}" for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines + (["* default input device"] if any(d.is_default for d in devices) else []))
+
+
+def find_device(pa: Any, wanted: str | int | None) -> InputDevice:
+    """Resolve ``capture.device`` (name substring, index, or None for the default) to an input device.
+
+    Raises :class:`VoxdError` (exit 69) naming the available input devices when nothing matches.
+    """
+    devices = input_devices(pa)
+    if wanted is None:
+        found = [d for d in devices if d.is_default]
+        if not found:
+            raise VoxdError(f"capture.device: no default input device; {describe(devices)}", EX_UNAVAILABLE)
+        return found[0]
+    if isinstance(wanted, int):
+        found = [d for d in devices if d.index == wanted]
+    else:
+        exact = [d for d in devices if d.name.lower() == wanted.lower()]
+        found = exact or [d for d in devices if wanted.lower() in d.name.lower()]
+    if not found:
+        raise VoxdError(f"capture.device: no input device matches {wanted!r}; {describe(devices)}",
+                        EX_UNAVAILABLE)
+    return found[0]
