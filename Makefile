@@ -8,7 +8,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 # Debian packages the project needs (installed only when missing; one list for every target).
-DEB_PACKAGES ?= libsndfile1
+DEB_PACKAGES ?= libsndfile1 pulseaudio libasound2-plugins portaudio19-dev gcc python3-dev
 PIP_EXTRAS ?= test
 
 ENDPOINT ?= tcp://127.0.0.1:7700
