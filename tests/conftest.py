@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+pytest_plugins = ["tests.virtual_mic"]  # the make_virtual_mic fixture: a real PortAudio input device
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
 

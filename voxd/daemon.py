@@ -99,6 +99,8 @@ class Daemon:
             chain.open(self.cfg.processing.rate, positions_of(self.loaded), emit=emit)
             out_frame = max(1, round(chain.in_format.rate * out.frame_ms / 1000))
             pipe = Pipeline(chain, src.rate, out_frame)
+            src.start()
+            log.info("audio flowing from %s (%d ch, %d Hz)", src.name, src.channels, src.rate)
             self._loop(src, pipe, pub)
         except BaseException as exc:  # reported by the main thread after the worker ends
             self.error = exc

@@ -51,6 +51,10 @@ class Source(ABC):
     def open(self) -> None:
         """Open the file or device; raise :class:`~voxd.errors.VoxdError` with a one-line reason."""
 
+    def start(self) -> None:  # noqa: B027 - optional hook
+        """Start delivering (a device starts its stream; a file starts its real-time clock). Called
+        once, after :meth:`open`, when the consumer is ready."""
+
     @abstractmethod
     def read(self, timeout: float) -> Block | None:
         """The next block, or None when none arrived within ``timeout`` seconds or the source ended."""

@@ -18,29 +18,38 @@ from voxd.errors import EX_UNAVAILABLE, VoxdError
 
 log = logging.getLogger("voxd.devices")
 
-_ALSA_HANDLER: Any = None  # keeps the ctypes callback alive
+_HANDLERS: list[Any] = []  # keeps the ctypes callbacks alive for the life of the process
 
 
 def quiet_alsa() -> None:
-    """Route libasound's error prints (a dozen lines about missing PCMs at every PortAudio start) to
-    the DEBUG log instead of stderr. Harmless when libasound is absent."""
-    global _ALSA_HANDLER
-    if _ALSA_HANDLER is not None:
+    """Route the native libraries' chatter to the DEBUG log instead of stderr: libasound prints a dozen
+    lines about missing PCMs, and libjack a few about no JACK server, at every PortAudio start. Our
+    own one-line errors stay readable. Harmless when a library is absent."""
+    if _HANDLERS:
         return
-    name = ctypes.util.find_library("asound")
-    if name is None:
-        _ALSA_HANDLER = False
-        return
-    handler_type = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
-                                    ctypes.c_char_p)
+    alsa_type = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                                 ctypes.c_char_p)
 
-    def handler(filename: bytes, line: int, function: bytes, err: int, fmt: bytes) -> None:
+    def alsa(filename: bytes, line: int, function: bytes, err: int, fmt: bytes) -> None:
         log.debug("alsa: %s:%d %s: %s", filename.decode(errors="replace"), line,
                   function.decode(errors="replace"), fmt.decode(errors="replace"))
 
-    _ALSA_HANDLER = handler_type(handler)
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.cdll.LoadLibrary(name).snd_lib_error_set_handler(_ALSA_HANDLER)
+    jack_type = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
+
+    def jack(msg: bytes) -> None:
+        log.debug("jack: %s", msg.decode(errors="replace"))
+
+    _HANDLERS.extend([alsa_type(alsa), jack_type(jack)])
+    for lib, setters, handler in (("asound", ("snd_lib_error_set_handler",), _HANDLERS[0]),
+                                  ("jack", ("jack_set_error_function", "jack_set_info_function"),
+                                   _HANDLERS[1])):
+        name = ctypes.util.find_library(lib)
+        if name is None:
+            continue
+        with contextlib.suppress(OSError, AttributeError):
+            dll = ctypes.cdll.LoadLibrary(name)
+            for setter in setters:
+                getattr(dll, setter)(handler)
 
 
 def import_pyaudio() -> Any:

@@ -45,10 +45,13 @@ class FileSource(Source):
         except (sf.LibsndfileError, RuntimeError, OSError) as exc:
             raise InputError(f"{self.path}: cannot read audio: {exc}", EX_DATAERR) from None
         self._block = max(1, round(self.rate * self.block_ms / 1000))
-        self._t0 = time.time()
-        self._m0 = time.monotonic()
         self._pos = 0
         self._done = False
+        self.start()
+
+    def start(self) -> None:
+        self._t0 = time.time()
+        self._m0 = time.monotonic()
 
     def read(self, timeout: float) -> Block | None:
         assert self._file is not None, "read() before open()"

@@ -53,6 +53,7 @@ class LiveSource(Source):
         self._counts = {"overruns": 0, "overflows": 0, "device_lost": 0, "device_restored": 0}
         self._events: list[tuple[str, dict[str, Any]]] = []
         self._lost = False
+        self._down = False  # device_lost reported and audio not yet back
         self._restoring = False
         self._retry_at = 0.0
         self._backoff = RETRY_FIRST_S
@@ -64,16 +65,21 @@ class LiveSource(Source):
     # -- start-up ---------------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Open the device or fail with one line (exit 69) naming what is available."""
+        """Open the device (not started) or fail with one line (exit 69) naming what is available."""
         self._pa = self._init_portaudio()
         try:
             device = find_device(self._pa, self.cfg.device)
             self.rate = self._pick_rate(device)
             self.name = device.name
-            self._open_stream(device)
+            self._open_stream(device, start=False)
         except BaseException:
             self._terminate()
             raise
+
+    def start(self) -> None:
+        """Start the stream: from now on the callback queues buffers."""
+        self._stream.start_stream()
+        self._last_data = time.monotonic()
 
     def _init_portaudio(self) -> Any:
         pyaudio = import_pyaudio()
@@ -98,14 +104,15 @@ class LiveSource(Source):
         raise VoxdError(f"capture.rate: device '{device.name}' cannot capture {cfg.channels} ch at "
                         f"{' or '.join(f'{r} Hz' for r in candidates)}", EX_UNAVAILABLE)
 
-    def _open_stream(self, device: InputDevice) -> None:
+    def _open_stream(self, device: InputDevice, start: bool = True) -> None:
         block = max(1, round(self.rate * self.cfg.block_ms / 1000))
         self._queue = queue.Queue(maxsize=max(2, round(self.cfg.queue_ms / self.cfg.block_ms)))
         self._flag_next = False
         try:
             self._stream = self._pa.open(format=self._pyaudio.paInt16, channels=self.cfg.channels,
                                          rate=self.rate, input=True, input_device_index=device.index,
-                                         frames_per_buffer=block, stream_callback=self._callback)
+                                         frames_per_buffer=block, stream_callback=self._callback,
+                                         start=start)
         except OSError as exc:
             raise VoxdError(f"capture.device: cannot open '{device.name}' ({self.cfg.channels} ch, "
                             f"{self.rate} Hz): {exc}", EX_UNAVAILABLE) from None
@@ -149,7 +156,7 @@ class LiveSource(Source):
         samples = np.ascontiguousarray(x, dtype=np.float32) * np.float32(1 / 32768)
         flags = Flags.DISCONTINUITY if (flag or self._restoring) else Flags.NONE
         if self._restoring:
-            self._restoring = False
+            self._restoring = self._down = False
             self._counts["device_restored"] += 1
             self._events.append(("device_restored", {"device": self.name}))
             log.warning("capture device '%s' restored", self.name)
@@ -179,13 +186,18 @@ class LiveSource(Source):
             self._lose(why)
 
     def _lose(self, why: str) -> None:
-        self._counts["device_lost"] += 1
-        self._events.append(("device_lost", {"device": self.name, "reason": why}))
-        log.warning("capture device '%s' lost: %s; reopening with backoff", self.name, why)
+        first = not self._down
+        if first:  # one device_lost per outage, however many reopen attempts stall again
+            self._down = True
+            self._counts["device_lost"] += 1
+            self._events.append(("device_lost", {"device": self.name, "reason": why}))
+            log.warning("capture device '%s' lost: %s; reopening with backoff", self.name, why)
+        else:
+            log.debug("capture device '%s' still down: %s", self.name, why)
         self._close_stream()
         self._terminate()
         self._lost = True
-        self._backoff = RETRY_FIRST_S
+        self._backoff = RETRY_FIRST_S if first else min(self._backoff * 2, self.cfg.retry_max_s)
         self._retry_at = time.monotonic() + self._backoff
 
     def _try_restore(self, timeout: float) -> None:
