@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from voxd.client import Subscriber  # noqa: E402
-from voxd.wire import AudioMessage, EventMessage, StatsMessage  # noqa: E402
+from voxd.client import Subscriber
+from voxd.wire import AudioMessage, EventMessage, StatsMessage
 
 
 def main() -> int:
@@ -37,8 +37,8 @@ def main() -> int:
         stop = True
 
     signal.signal(signal.SIGTERM, on_term)
-    info: dict = {"seqs": [], "pts": [], "arrival": [], "discontinuity": [], "events": [], "stats": [], "channels": None,
-                  "rate": None}
+    info: dict = {"seqs": [], "pts": [], "arrival": [], "discontinuity": [], "events": [], "stats": [],
+                  "channels": None, "rate": None}
     chunks: list[bytes] = []
     deadline = time.monotonic() + args.seconds
     with Subscriber(args.endpoint, topics=("audio", "event", "stats")) as sub:

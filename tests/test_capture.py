@@ -69,8 +69,8 @@ class Daemon:
 
 
 def subscriber(endpoint: str, out: Path, *args: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "subscriber.py"), endpoint, str(out), *args],
-                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    cmd = [sys.executable, str(ROOT / "tests" / "subscriber.py"), endpoint, str(out), *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     return proc
 
@@ -244,7 +244,8 @@ def test_a_chain_slower_than_real_time_overruns_without_blocking(make_virtual_mi
     assert info["gaps"] == 0  # the device lost input; the wire lost nothing
 
 
-def test_wrong_device_or_channel_count_fails_at_start_with_one_line(make_virtual_mic, free_port, tmp_path, voxd):
+def test_wrong_device_or_channel_count_fails_at_start_with_one_line(make_virtual_mic, free_port, tmp_path,
+                                                                    voxd):
     mic = make_virtual_mic(channels=2, rate=16000)
     endpoint = f"tcp://127.0.0.1:{free_port}"
     cfg = write_config(tmp_path / "c.yaml", endpoint, "{type: pyaudio, device: respeaker, channels: 2}")
