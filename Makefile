@@ -55,7 +55,8 @@ demo: venv
 		DEMO_TIMEOUT="$(DEMO_TIMEOUT)" tools/run_demo.sh
 
 bench: venv
-	$(VENV)/bin/python bench/chain_bench.py --config $(BENCH_CONFIG)
+	$(VENV)/bin/python bench/chain_bench.py --config $(BENCH_CONFIG) --input demo/respeaker4-kitchen.flac
+	$(VENV)/bin/python bench/capture_latency.py --seconds 20
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) build dist .pytest_cache .ruff_cache .hypothesis
