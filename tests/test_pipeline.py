@@ -12,7 +12,7 @@ from voxd.chain import build_chain
 from voxd.config import load_config_text
 from voxd.errors import StageError
 from voxd.frame import Flags, Frame
-from voxd.pipeline import Pipeline
+from voxd.pipeline import Pipeline, event_emitter
 from voxd.plugins import load_plugins
 from voxd.sources.base import Block
 from voxd.stage import Stage, StageParams
@@ -74,8 +74,12 @@ def make_pipeline(chain_yaml: str, channels: int, in_rate: int = RATE, frame_ms:
                               f"chain:\n{chain_yaml}", "t.yaml", plugins=plugins())
     chain = build_chain(loaded, channels)
     events: list[dict] = []
-    chain.open(RATE, emit=lambda type, seq=None, **f: events.append({"type": type, "seq": seq, **f}))
-    return Pipeline(chain, in_rate, round(RATE * frame_ms / 1000)), events
+    out_frame = round(RATE * frame_ms / 1000)
+    def sink(type, seq=None, **f):
+        events.append({"type": type, "seq": seq, **f})
+
+    chain.open(RATE, emit=event_emitter(out_frame, RATE, sink))
+    return Pipeline(chain, in_rate, out_frame), events
 
 
 def run(pipe: Pipeline, x: np.ndarray, cuts: list[int], rate: int = RATE, t0: float = 1000.0,
@@ -155,7 +159,8 @@ def test_on_error_reset_keeps_audio_flowing_and_reports_once():
     np.testing.assert_allclose(y[:480], 0.2)
     np.testing.assert_allclose(y[800:], 0.2)  # recovered after the reset
     assert [e["type"] for e in events] == ["stage_error"]  # rate-limited: one event for two failures
-    assert events[0]["stage"] == "explode" and events[0]["seq"] == 3 and "boom at 3" in events[0]["error"]
+    assert events[0]["stage"] == "explode" and "boom at 3" in events[0]["error"]
+    assert events[0]["pts"] == 480 and events[0]["seq"] == 1 and events[0]["t_s"] == 0.03  # 20 ms frames
 
 
 def test_on_error_bypass_stays_bypassed():

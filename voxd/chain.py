@@ -146,7 +146,7 @@ class StageNode(Node):
             self._last_report = now
             action = "bypassed" if self.bypassed else "reset"
             log.warning("%s; %s (error #%d)", what, action, self.errors)
-            self._emit("stage_error", seq=frame.seq, stage=self.name, kind=self.kind,
+            self._emit("stage_error", pts=frame.pts, stage=self.name, kind=self.kind,
                        error=f"{type(exc).__name__}: {exc}", action=action, count=self.errors)
         return self._fallback(frame)
 
@@ -255,16 +255,17 @@ def _side_key_errors(loaded: LoadedConfig) -> list[str]:
     specs = loaded.config.chain
     provided: dict[str, str] = {}
     for spec in specs:
-        for key in spec.cls.requires:
+        for key in spec.cls.required_keys(spec.params):
             if key in provided:
                 continue
-            later = next((s for s in specs if s.index > spec.index and key in s.cls.provides), None)
+            later = next((s for s in specs
+                          if s.index > spec.index and key in s.cls.provided_keys(s.params)), None)
             hint = (f"; stage '{later.name}' ({later.kind}) provides it but comes later (chain.{later.index})"
                     if later else "")
             errors.append(loaded.error(("chain", spec.index),
                           f"stage '{spec.name}' ({spec.kind}) requires '{key}', "
                           f"which no earlier stage provides{hint}"))
-        for key in spec.cls.provides:
+        for key in spec.cls.provided_keys(spec.params):
             provided.setdefault(key, spec.name)
     return errors
 

@@ -19,7 +19,7 @@ from typing import Any
 from voxd.chain import Chain, build_chain
 from voxd.config import LoadedConfig
 from voxd.errors import VoxdError
-from voxd.pipeline import OutFrame, Pipeline
+from voxd.pipeline import OutFrame, Pipeline, event_emitter
 from voxd.process import positions_of
 from voxd.publisher import Publisher
 from voxd.sources import FileSource, Source
@@ -91,13 +91,9 @@ class Daemon:
             log.info("publishing stream %s on %s", pub.stream, ", ".join(out.endpoints))
             if out.wait_for_subscriber_s > 0 and not pub.wait_for_subscriber(out.wait_for_subscriber_s):
                 log.info("no subscriber after %.1f s; starting anyway", out.wait_for_subscriber_s)
-            publisher = pub
-
-            def emit(type: str, seq: int | None = None, **fields: Any) -> None:
-                publisher.send_event(type, seq=seq, **fields)
-
-            chain.open(self.cfg.processing.rate, positions_of(self.loaded), emit=emit)
             out_frame = max(1, round(chain.in_format.rate * out.frame_ms / 1000))
+            emit = event_emitter(out_frame, chain.in_format.rate, pub.send_event)
+            chain.open(self.cfg.processing.rate, positions_of(self.loaded), emit=emit)
             pipe = Pipeline(chain, src.rate, out_frame)
             src.start()
             log.info("audio flowing from %s (%d ch, %d Hz)", src.name, src.channels, src.rate)

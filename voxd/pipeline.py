@@ -10,6 +10,7 @@ algorithmic delay: output sample ``k`` lines up with input sample ``k`` (at the 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,21 @@ from voxd.chain import Chain
 from voxd.frame import Flags, Frame, header_side
 from voxd.resample import StreamResampler
 from voxd.sources.base import Block
+
+
+def event_emitter(out_frame: int, rate: int, sink: Callable[..., None]) -> Callable[..., None]:
+    """The ``emit`` given to stages: ``emit(type, pts=..., **fields)`` -> ``sink(type, seq=..., pts=...,
+    t_s=..., **fields)`` where ``seq`` is the published frame (``out_frame`` samples) that holds sample
+    ``pts`` and ``t_s`` is ``pts`` in seconds since stream start. Output sample k is input sample k (the
+    pipeline removes the chain's delay), so the same numbers hold for input and output."""
+
+    def emit(type: str, pts: int | None = None, **fields: Any) -> None:
+        if pts is None:
+            sink(type, seq=None, **fields)
+        else:
+            sink(type, seq=max(0, pts) // out_frame, pts=pts, t_s=round(pts / rate, 4), **fields)
+
+    return emit
 
 
 @dataclass(slots=True)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from voxd.chain import build_chain
 from voxd.config import LoadedConfig
 from voxd.errors import EX_USAGE, VoxdError
-from voxd.pipeline import OutFrame, Pipeline
+from voxd.pipeline import OutFrame, Pipeline, event_emitter
 from voxd.sources.file import FileSource, file_info
 from voxd.wire import float_to_s16
 
@@ -53,11 +53,12 @@ def process_file(loaded: LoadedConfig, path: str, progress: bool = False,
     channels = file_info(path)[1]
     chain = build_chain(loaded, channels)
     events: list[dict[str, Any]] = []
-    chain.open(loaded.config.processing.rate, positions_of(loaded),
-               emit=lambda type, seq=None, **f: events.append({"type": type, "seq": seq, **f}))
+    out_frame = max(1, round(chain.in_format.rate * loaded.config.output.frame_ms / 1000))
+    emit = event_emitter(out_frame, chain.in_format.rate,
+                         lambda type, seq=None, **f: events.append({"type": type, "seq": seq, **f}))
+    chain.open(loaded.config.processing.rate, positions_of(loaded), emit=emit)
     src = FileSource(path, realtime=False, loop=False, block_ms=SOURCE_BLOCK_MS)
     src.open()
-    out_frame = max(1, round(chain.in_format.rate * loaded.config.output.frame_ms / 1000))
     pipe = Pipeline(chain, src.rate, out_frame)
     chunks: list[np.ndarray] = []
     total = sf.info(path).frames

@@ -47,8 +47,10 @@ class StageContext:
     """What a stage may use outside its frames.
 
     ``rate``: chain sample rate (Hz); ``positions``: microphone positions ``(channels, 3)`` in metres
-    relative to the array centre, or None when the config gives no geometry; ``emit(type, seq=..., **fields)``
-    publishes an event on the bus (not on the hot path of every frame: only on state changes);
+    relative to the array centre, or None when the config gives no geometry; ``emit(type, pts=..., **fields)``
+    publishes an event on the bus (only on state changes, never every frame); ``pts`` is the chain-rate
+    sample index the event refers to (e.g. ``frame.pts``), which the daemon turns into the ``seq`` of the
+    published frame that holds that sample (and ``t_s``, seconds since stream start);
     ``log``: the stage's logger.
     """
 
@@ -69,6 +71,16 @@ class Stage:
     requires: ClassVar[tuple[str, ...]] = ()
     #: side keys this stage writes into ``frame.side``
     provides: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def required_keys(cls, params: StageParams) -> tuple[str, ...]:
+        """Side keys this stage needs with these params (default: :attr:`requires`)."""
+        return cls.requires
+
+    @classmethod
+    def provided_keys(cls, params: StageParams) -> tuple[str, ...]:
+        """Side keys this stage writes with these params (default: :attr:`provides`)."""
+        return cls.provides
 
     def __init__(self, params: StageParams, name: str) -> None:
         self.params = params
