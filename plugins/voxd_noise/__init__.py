@@ -1,11 +1,20 @@
-"""voxd_noise: placeholder, filled in by the VAD/noise work (registers nothing yet)."""
+"""voxd_noise: noise estimation (``noise``).
+
+Registered through the ``voxd`` entry point ``noise`` exactly as an outside plugin would be. The
+``noise`` stage provides ``noise.psd``, ``noise.cov`` and ``noise.spp`` (see :mod:`voxd_noise.noise`).
+"""
 
 from __future__ import annotations
 
 from voxd.hookspecs import hookimpl
 from voxd.plugins import StageRegistry
+from voxd_noise.noise import NoiseEstimator
+
+STAGES = (NoiseEstimator,)
 
 
 @hookimpl
 def voxd_register_stages(registry: StageRegistry) -> None:
-    """Register this plugin's stages."""
+    """Register the noise estimation stage."""
+    for stage in STAGES:
+        registry.add(stage)
