@@ -295,7 +295,7 @@ def test_digital_silence_and_full_scale_bursts_stay_finite_without_warnings():
     rng = np.random.default_rng(9)
     x = np.zeros((2, 3 * RATE))
     x[:, RATE : 2 * RATE] = np.clip(rng.standard_normal((2, RATE)), -1, 1)  # full scale after silence
-    text = NOISE_ONLY
+    text = NOISE_ONLY + "  - stage: wiener\n  - stage: spectral_subtraction\n"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         side = run(build(text, channels=2), x, ("noise.psd", "noise.cov", "noise.spp"))
