@@ -1,0 +1,191 @@
+"""The ``vad`` stage: voice activity detection with smoothed, strictly alternating speech events."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from voxd.frame import AudioFormat, Frame
+from voxd.stage import EventSink, FormatError, Stage, StageContext, StageParams
+from voxd_vad.engines import SILERO_RATES, WEBRTC_RATES, Engine, SileroEngine, WebRtcEngine
+from voxd_vad.smoothing import Smoother, SmoothingSamples
+
+# Hangover and post-roll depend on how the engine's strong evidence covers speech: WebRTC's is voicing,
+# which pauses at unvoiced consonants and stops before unvoiced word endings; Silero's probability
+# covers whole words.
+ENGINE_DEFAULTS: dict[str, dict[str, float]] = {
+    "webrtc": {"end_ms": 400.0, "post_roll_ms": 200.0},
+    "silero": {"end_ms": 200.0, "post_roll_ms": 50.0},
+}
+WEBRTC_ONLY = ("aggressiveness", "frame_ms", "snr_gate_db", "voicing")
+SILERO_ONLY = ("threshold", "neg_threshold")
+
+
+class VadParams(StageParams):
+    """Parameters of the ``vad`` stage (durations in milliseconds, levels in dB)."""
+
+    engine: Literal["webrtc", "silero"] = Field(
+        "webrtc", description="detector: 'webrtc' (WebRTC GMM VAD + noise gate + voicing, ~20 us per "
+        "10 ms frame) or 'silero' (Silero VAD v6 network via onnxruntime: better on music and noise, "
+        "~5x the cost)")
+    channel: int = Field(0, ge=0, description="reference channel the detector listens to")
+    # --- webrtc
+    aggressiveness: int = Field(3, ge=0, le=3, description="webrtc: WebRTC VAD mode, 0 (keeps most "
+                                "speech) to 3 (rejects most non-speech)")
+    frame_ms: Literal[10, 20, 30] = Field(20, description="webrtc: sub-frame the WebRTC VAD decides on (ms)")
+    snr_gate_db: float = Field(3.0, ge=0, le=40, description="webrtc: a sub-frame counts as speech only "
+                               "this far above the noise floor (dB; 0 = off)")
+    voicing: float = Field(0.65, ge=0, le=1, description="webrtc: minimum normalised correlation at a "
+                           "60-400 Hz pitch period for a sub-frame to confirm or sustain speech (0 = off)")
+    # --- silero
+    threshold: float = Field(0.5, gt=0, lt=1, description="silero: speech probability that confirms or "
+                             "sustains speech")
+    neg_threshold: float | None = Field(None, ge=0, lt=1, description="silero: probability below which a "
+                                        "burst of possible speech is broken; default threshold - 0.15")
+    # --- smoothing (both engines)
+    start_ms: float = Field(60.0, ge=0, le=2000, description="speech-start confirmation: strong speech "
+                            "evidence an uninterrupted burst must hold to start a segment (ms)")
+    min_speech_ms: float = Field(250.0, ge=0, le=5000, description="minimum speech duration: shorter "
+                                 "segments are dropped; speech_start waits until a segment is this long (ms)")
+    end_ms: float | None = Field(None, ge=0, le=10000, description="speech-end hangover: time without "
+                                 "renewed strong evidence after which the segment ends (ms); default 400 "
+                                 "(webrtc: voicing pauses at every unvoiced consonant) or 200 (silero)")
+    pre_roll_ms: float = Field(50.0, ge=0, le=2000, description="speech_start pts = detected onset minus "
+                               "this (ms), clamped at 0 and at the previous speech_end")
+    post_roll_ms: float | None = Field(None, ge=0, le=10000, description="speech_end pts = last strong "
+                                       "evidence plus this (ms), at most end_ms; default 200 (webrtc: "
+                                       "covers unvoiced word endings) or 50 (silero)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> VadParams:
+        other = SILERO_ONLY if self.engine == "webrtc" else WEBRTC_ONLY
+        misplaced = [k for k in other if k in self.model_fields_set]
+        if misplaced:
+            raise ValueError(f"{', '.join(misplaced)} only appl{'ies' if len(misplaced) == 1 else 'y'} to "
+                             f"engine {'silero' if self.engine == 'webrtc' else 'webrtc'}")
+        if self.neg_threshold is not None and self.neg_threshold > self.threshold:
+            raise ValueError(f"neg_threshold {self.neg_threshold:g} must not exceed threshold "
+                             f"{self.threshold:g}")
+        if self.post_roll > self.end:
+            raise ValueError(f"post_roll_ms {self.post_roll:g} must not exceed end_ms {self.end:g} "
+                             "(the segment is over by then)")
+        return self
+
+    @property
+    def end(self) -> float:
+        """The effective ``end_ms``."""
+        return self.end_ms if self.end_ms is not None else ENGINE_DEFAULTS[self.engine]["end_ms"]
+
+    @property
+    def post_roll(self) -> float:
+        """The effective ``post_roll_ms``."""
+        value = self.post_roll_ms
+        return value if value is not None else ENGINE_DEFAULTS[self.engine]["post_roll_ms"]
+
+    @property
+    def neg(self) -> float:
+        """The effective ``neg_threshold``."""
+        return self.neg_threshold if self.neg_threshold is not None else max(self.threshold - 0.15, 0.01)
+
+
+class Vad(Stage):
+    """Voice activity detection on one reference channel; audio passes through unchanged.
+
+    Side values on every frame: ``speech`` (bool, the smoothed state: true from the moment a segment
+    is confirmed to the moment its end is decided) and ``speech_prob`` (0..1: Silero's probability of
+    its latest chunk; for WebRTC the running fraction, time constant 100 ms, of sub-frames that were
+    speech above the noise gate). Both travel in the wire header.
+
+    Events: ``speech_start`` and ``speech_end``, strictly alternating, with ``pts`` (chain-rate sample
+    index; :mod:`voxd_vad.smoothing` says where the boundaries fall) and ``stage`` (this stage's name,
+    so that two detectors in one chain can be told apart). An open segment ends at the last sample
+    seen on ``reset()`` (a discontinuity) and on ``close()`` (end of stream).
+
+    The engine decides on units of its own size (WebRTC ``frame_ms``, Silero 32 ms) buffered from the
+    chain's hops, so the decisions do not depend on how the stream is cut into frames.
+    """
+
+    kind = "vad"
+    Params = VadParams
+    params: VadParams
+    provides = ("speech", "speech_prob")
+
+    def __init__(self, params: StageParams, name: str) -> None:
+        super().__init__(params, name)
+        self._opened = False  # close() or reset() before open() has nothing to end
+
+    def negotiate(self, fmt: AudioFormat) -> AudioFormat:
+        p = self.params
+        if p.channel >= fmt.channels:
+            raise FormatError(f"channel {p.channel} does not exist (channels 0-{fmt.channels - 1})")
+        rates = WEBRTC_RATES if p.engine == "webrtc" else SILERO_RATES
+        if fmt.rate not in rates:
+            raise FormatError(f"engine {p.engine} needs a chain rate of {', '.join(map(str, rates))} Hz")
+        return fmt
+
+    def open(self, ctx: StageContext) -> None:
+        p = self.params
+        rate = ctx.rate
+        self.engine: Engine = (
+            WebRtcEngine(rate, p.aggressiveness, p.frame_ms, p.snr_gate_db, p.voicing) if p.engine == "webrtc"
+            else SileroEngine(rate, p.threshold, p.neg))
+        self.smoother = Smoother(SmoothingSamples.from_ms(rate, p.start_ms, p.min_speech_ms, p.end,
+                                                          p.pre_roll_ms, p.post_roll))
+        self._emit: EventSink = ctx.emit
+        self._channel = p.channel
+        self._unit = self.engine.unit
+        self._buf = np.zeros(self._unit, np.float32)  # a unit being filled from consecutive frames
+        self._fill = 0
+        self._seen = 0  # pts just after the last sample seen
+        self._after_reset = False
+        self._opened = True
+
+    def process(self, frame: Frame) -> Frame:
+        assert frame.samples is not None
+        x = frame.samples[self._channel]
+        n, unit = x.shape[0], self._unit
+        if self._after_reset:  # no pre-roll reaches back across the discontinuity (unless pts restarted)
+            self.smoother.reset(self._seen if frame.pts >= self._seen else 0)
+            self._after_reset = False
+        pos = 0
+        while pos < n:
+            if self._fill == 0 and n - pos >= unit:  # a whole unit in this frame: no copy
+                chunk = x[pos : pos + unit]
+                pos += unit
+            else:
+                take = min(unit - self._fill, n - pos)
+                self._buf[self._fill : self._fill + take] = x[pos : pos + take]
+                self._fill += take
+                pos += take
+                if self._fill < unit:
+                    break
+                chunk, self._fill = self._buf, 0
+            weak, strong = self.engine.analyse(chunk)
+            end = frame.pts + pos
+            event = self.smoother.push(weak, strong, end - unit, end)
+            if event is not None:
+                self._emit(event[0], pts=event[1], stage=self.name)
+        self._seen = frame.pts + n
+        return frame.with_side(speech=self.smoother.speech, speech_prob=self.engine.prob)
+
+    def _finish(self) -> None:
+        if not self._opened:
+            return
+        event = self.smoother.finish(self._seen)
+        if event is not None:
+            self._emit(event[0], pts=event[1], stage=self.name)
+
+    def reset(self) -> None:
+        """Discontinuity: end an open segment at the last sample seen, then forget the stream."""
+        self._finish()
+        if not self._opened:
+            return
+        self.engine.reset()
+        self._fill = 0
+        self._after_reset = True
+
+    def close(self) -> None:
+        """End of stream: an open segment ends at the last sample seen."""
+        self._finish()
