@@ -1,7 +1,8 @@
 """The ``voxd`` command line.
 
 Expected errors print one line each (config errors: ``file:line: path: message``) and exit with a
-documented status: 2 bad usage (argparse), 64 bad arguments, 65 unreadable audio, 66 missing input,
+documented status: 2 bad usage (argparse), 64 bad arguments (e.g. ``process --vad-out`` with a chain
+that has no voice activity detector), 65 unreadable audio, 66 missing input,
 69 unavailable endpoint/device, 70 a stage failed with ``on_error: fail``, 78 invalid config,
 130 interrupted. Anything else is a bug and keeps its traceback.
 """
@@ -51,15 +52,32 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_process(args: argparse.Namespace) -> int:
-    from voxd.process import output_paths, process_file, write_wav
+    from voxd.process import (
+        open_vad_out,
+        output_paths,
+        process_file,
+        speech_segments,
+        speech_stage,
+        write_vad_line,
+        write_wav,
+    )
 
     loaded = _load(args)
     _setup_logging(loaded.config.log.level if args.verbose else "warning")
     pairs = output_paths(args.inputs, args.out_dir)
     progress = sys.stderr.isatty() and not args.quiet
-    for inp, outp in pairs:
-        result = process_file(loaded, inp, progress=progress)
-        write_wav(outp, result.audio, result.rate)
+    vad_stage = speech_stage(loaded) if args.vad_out else None  # 64 before any work if there is no VAD
+    vad_out = open_vad_out(args.vad_out) if args.vad_out else None
+    try:
+        for inp, outp in pairs:
+            result = process_file(loaded, inp, progress=progress)
+            write_wav(outp, result.audio, result.rate)
+            if vad_out is not None:
+                duration = result.audio.shape[1] / result.rate
+                write_vad_line(vad_out, inp, speech_segments(result.events, result.rate, duration, vad_stage))
+    finally:
+        if vad_out is not None:
+            vad_out.close()
     return 0
 
 
@@ -136,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", "-o", help="write OUT_DIR/<input stem>.wav for each input")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--verbose", "-v", action="store_true", help="log at the config's level")
+    p.add_argument("--vad-out", metavar="FILE.jsonl",
+                   help="also write each input's speech segments, one JSON line per input: "
+                        '{"input": IN, "segments": [[start_s, end_s], ...]}; the chain needs a stage that '
+                        "provides 'speech' (e.g. vad), else exit 64")
     p.add_argument("inputs", nargs="+", metavar="IN", help="input audio files (or IN OUT without --out-dir)")
     p.set_defaults(func=cmd_process)
 

@@ -4,15 +4,19 @@ Each input goes through a fresh :class:`~voxd.pipeline.Pipeline` exactly as the 
 (same block size, same resampler, same chain, same float-to-int16 conversion), so the written WAV
 equals what a subscriber receives from ``voxd run`` on that file. The chain's delay is removed and the
 output has the input's duration at the chain rate.
+
+With ``--vad-out FILE.jsonl`` it also writes, per input, the speech segments that the chain's voice
+activity detector found (:func:`speech_segments`, from its ``speech_start``/``speech_end`` events).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import soundfile as sf
@@ -20,7 +24,7 @@ from tqdm import tqdm
 
 from voxd.chain import build_chain
 from voxd.config import LoadedConfig
-from voxd.errors import EX_USAGE, VoxdError
+from voxd.errors import EX_CANTCREAT, EX_USAGE, VoxdError
 from voxd.pipeline import OutFrame, Pipeline, event_emitter
 from voxd.sources.file import FileSource, file_info
 from voxd.wire import float_to_s16
@@ -99,3 +103,57 @@ def write_wav(path: str, audio: np.ndarray, rate: int) -> None:
     """Write float32 ``(channels, n)`` as 16-bit PCM WAV with the wire's float-to-int16 conversion."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, float_to_s16(audio).T, rate, subtype="PCM_16", format="WAV")
+
+
+def speech_stage(loaded: LoadedConfig) -> str:
+    """Name of the chain's first stage that provides ``speech`` (a voice activity detector).
+
+    Raises :class:`VoxdError` (EX_USAGE, 64) when there is none: ``--vad-out`` has nothing to report.
+    """
+    for spec in loaded.config.chain:
+        if "speech" in spec.cls.provided_keys(spec.params):
+            return spec.name
+    raise VoxdError(f"--vad-out: the chain in {loaded.path} has no voice activity detector (no stage "
+                    "provides 'speech'); add one, e.g. '- {stage: vad}'", EX_USAGE)
+
+
+def speech_segments(events: Sequence[dict[str, Any]], rate: int, duration_s: float,
+                    stage: str | None = None) -> list[list[float]]:
+    """Speech segments ``[[start_s, end_s], ...]`` (seconds since the start of the input) from events.
+
+    ``events``: as collected by :func:`process_file` (``type``, ``pts`` in samples at ``rate``, and the
+    emitting ``stage``); only ``speech_start``/``speech_end`` of ``stage`` (all when None) count. A
+    segment still open at the end is closed at ``duration_s``; every boundary is clamped to
+    ``[0, duration_s]`` (a chain with delay feeds a few padding samples after the input) and empty
+    segments are dropped. Times are rounded to 0.1 ms.
+    """
+    segments: list[list[float]] = []
+    start: float | None = None
+    for ev in events:
+        if stage is not None and ev.get("stage", stage) != stage:
+            continue
+        if ev["type"] == "speech_start" and start is None:
+            start = min(max(ev["pts"] / rate, 0.0), duration_s)
+        elif ev["type"] == "speech_end" and start is not None:
+            end = min(max(ev["pts"] / rate, 0.0), duration_s)
+            if end > start:
+                segments.append([round(start, 4), round(end, 4)])
+            start = None
+    if start is not None and duration_s > start:
+        segments.append([round(start, 4), round(duration_s, 4)])
+    return segments
+
+
+def open_vad_out(path: str) -> IO[str]:
+    """Open the ``--vad-out`` file for writing (before any processing, so that a bad path fails fast)."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "w", encoding="utf-8")  # closed by the caller
+    except OSError as exc:
+        raise VoxdError(f"cannot write {path}: {exc.strerror or exc}", EX_CANTCREAT) from None
+
+
+def write_vad_line(out: IO[str], input_path: str, segments: list[list[float]]) -> None:
+    """One JSON line per input: ``{"input": <path as given>, "segments": [[start_s, end_s], ...]}``."""
+    out.write(json.dumps({"input": input_path, "segments": segments}) + "\n")
+    out.flush()  # a long batch leaves complete lines behind if it is interrupted
