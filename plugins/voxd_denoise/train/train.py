@@ -170,9 +170,10 @@ def main() -> None:
     ap.add_argument("--val-pesq", type=int, default=48, help="validation items scored with PESQ")
     ap.add_argument(
         "--threads",
-        default="auto",
-        help="torch threads: a number, or 'auto' (re-measure 1 vs 2 every 1000 steps and keep the faster;"
-        " on a shared 2-core machine 2 threads can be several times slower than 1)",
+        default="1",
+        help="torch threads: a number, or 'auto' (measure 1 vs 2 every 1000 steps and keep the faster). On"
+        " this shared 2-core machine at nice 19, 2 threads stall whenever one core is busy (each OpenMP"
+        " region waits for the starved thread): 2.6-7 s/step against 2-3 s/step with 1 thread",
     )
     ap.add_argument("--workers", type=int, default=1, help="data worker processes")
     ap.add_argument("--log-every", type=int, default=50)
