@@ -77,13 +77,15 @@ class NoiseEstimator(Stage):
                               update_s=p.update_s)
         self._cov = np.zeros((bins, fmt.channels, fmt.channels), np.complex64)
         self._power = np.zeros((fmt.channels, bins), np.float32)
+        self._tmp = np.zeros((fmt.channels, bins), np.float32)
 
     def process(self, frame: Frame) -> Frame:
         spec = frame.spec
         assert spec is not None
-        power = self._power
-        np.square(spec.real, out=power)
-        power += np.square(spec.imag)
+        power, tmp = self._power, self._tmp
+        np.multiply(spec.real, spec.real, out=power)
+        np.multiply(spec.imag, spec.imag, out=tmp)
+        power += tmp
         absence = None
         if self.params.vad and not frame.side.get("speech", True):
             absence = 1.0 - float(frame.side.get("speech_prob", 0.0))

@@ -35,6 +35,7 @@ class _Suppressor(Stage):
         assert fmt is not None
         self._shape = (fmt.channels, fmt.bins)
         self._power = np.zeros(self._shape, np.float32)
+        self._imag2 = np.zeros(self._shape, np.float32)
 
     def process(self, frame: Frame) -> Frame:
         spec = frame.spec
@@ -43,9 +44,10 @@ class _Suppressor(Stage):
         if psd.shape != self._shape:
             raise ValueError(f"'{PSD}' has shape {psd.shape}, the spectrum {self._shape}: a stage that "
                              f"changes the channel count must provide '{PSD}' for its output")
-        power = self._power
-        np.square(spec.real, out=power)
-        power += np.square(spec.imag)
+        power, imag2 = self._power, self._imag2
+        np.multiply(spec.real, spec.real, out=power)
+        np.multiply(spec.imag, spec.imag, out=imag2)
+        power += imag2
         gain = self._gain(power, psd)
         return frame.with_spec((spec * gain).astype(np.complex64, copy=False))
 
