@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -243,6 +244,13 @@ def main() -> None:
     t0, t_data, n_logged = time.monotonic(), 0.0, 0
     acc: dict[str, float] = {"loss": 0.0, "spec": 0.0, "sisdr": 0.0}
     t_wait = time.monotonic()
+    stop = {"sig": 0}
+
+    def on_signal(signum: int, _frame: object) -> None:  # checkpoint after the current step, then exit
+        stop["sig"] = signum
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     probe: dict[int, float] = {}  # threads -> seconds per step, measured in the current probe window
     t_step = time.monotonic()
     model.train()
@@ -305,10 +313,13 @@ def main() -> None:
                 best = score
                 checkpoint("best")
             t0 += time.monotonic() - tv
-        if time.monotonic() - last_ckpt > args.ckpt_min * 60 or step == args.max_steps:
+        if time.monotonic() - last_ckpt > args.ckpt_min * 60 or step == args.max_steps or stop["sig"]:
             checkpoint()
             last_ckpt = time.monotonic()
             log.info("checkpoint at step %d", step)
+        if stop["sig"]:
+            log.info("stopped by signal %d at step %d", stop["sig"], step)
+            break
         t_wait = time.monotonic()
     log.info("done at step %d", step)
 
