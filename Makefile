@@ -9,7 +9,7 @@ PYTHON ?= python3
 VENV ?= .venv
 # Debian packages the project needs (installed only when missing; one list for every target).
 DEB_PACKAGES ?= libsndfile1 pulseaudio libasound2-plugins portaudio19-dev gcc python3-dev
-PIP_EXTRAS ?= test
+PIP_EXTRAS ?= test,metrics
 
 ENDPOINT ?= tcp://127.0.0.1:7700
 DEMO_CONFIG ?= config/demo.yaml
