@@ -52,6 +52,7 @@ class Daemon:
         self.frames = 0
         self.source = make_source(loaded)
         self.chain: Chain | None = None
+        self._chain_closed = False
 
     def prepare(self) -> None:
         """Open the source and build the chain (config or input errors surface here, before threads)."""
@@ -101,7 +102,8 @@ class Daemon:
         except BaseException as exc:  # reported by the main thread after the worker ends
             self.error = exc
         finally:
-            chain.close()
+            if not self._chain_closed:
+                chain.close()
             src.close()
             if pub is not None:
                 pub.close()
@@ -136,6 +138,10 @@ class Daemon:
                 pub.send_stats(**self._stats(pipe, src, busy_s / audio_s if audio_s else 0.0))
                 busy_s, audio_s = 0.0, 0.0
         self._send(pub, pipe.flush())
+        # Close the chain before the last event: stages may still publish (a VAD ends an open
+        # segment with speech_end), and consumers stop reading at end_of_stream / stopping.
+        pipe.chain.close()
+        self._chain_closed = True
         if src.exhausted:
             pub.send_event("end_of_stream", seq=self._last_seq, frames=self.frames)
             log.info("end of stream after %d frames", self.frames)
