@@ -37,8 +37,8 @@ def main() -> int:
         stop = True
 
     signal.signal(signal.SIGTERM, on_term)
-    info: dict = {"seqs": [], "pts": [], "arrival": [], "discontinuity": [], "events": [], "stats": [],
-                  "channels": None, "rate": None}
+    info: dict = {"seqs": [], "pts": [], "arrival": [], "speech": [], "discontinuity": [], "events": [],
+                  "stats": [], "channels": None, "rate": None}
     chunks: list[bytes] = []
     deadline = time.monotonic() + args.seconds
     with Subscriber(args.endpoint, topics=("audio", "event", "stats")) as sub:
@@ -49,6 +49,7 @@ def main() -> int:
                 info["seqs"].append(msg.seq)
                 info["pts"].append(msg.pts)
                 info["arrival"].append(time.time())
+                info["speech"].append(bool(msg.header["speech"]))
                 info["discontinuity"].append(bool(msg.header.get("discontinuity", False)))
                 info["channels"], info["rate"] = msg.channels, msg.rate
                 chunks.append(msg.pcm)

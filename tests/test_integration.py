@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -14,31 +13,7 @@ import soundfile as sf
 
 from tests.conftest import ROOT, make_recording
 
-SUBSCRIBER = textwrap.dedent("""
-    import json, sys
-    import numpy as np
-    from voxd.client import Subscriber
-    from voxd.wire import AudioMessage, EventMessage
-    endpoint, out = sys.argv[1], sys.argv[2]
-    seqs, pts, chunks, events, speech = [], [], [], [], []
-    with Subscriber(endpoint, topics=("audio", "event"), timeout_ms=30000) as sub:
-        print("ready", flush=True)
-        while True:
-            msg = sub.recv(timeout_ms=30000)
-            if msg is None:
-                break
-            if isinstance(msg, AudioMessage):
-                seqs.append(msg.seq); pts.append(msg.pts); chunks.append(msg.pcm)
-                speech.append(msg.header.get("speech"))
-            elif isinstance(msg, EventMessage):
-                events.append(msg.type)
-                if msg.type == "end_of_stream":
-                    break
-        info = {"seqs": seqs, "pts": pts, "events": events, "gaps": sub.gaps, "restarts": sub.restarts,
-                "speech": speech}
-    open(out + ".json", "w").write(json.dumps(info))
-    open(out + ".pcm", "wb").write(b"".join(chunks))
-""")
+SUBSCRIBER = str(ROOT / "tests" / "subscriber.py")  # records seqs, pts, events and the raw payloads
 
 CHAIN = """
 chain:
@@ -59,8 +34,8 @@ def test_daemon_stream_equals_offline_processing(tmp_path: Path, free_port: int,
                    f"output: {{endpoints: ['{endpoint}'], frame_ms: 20, wait_for_subscriber_s: 20}}\n")
 
     out = tmp_path / "sub"
-    sub = subprocess.Popen([sys.executable, "-c", SUBSCRIBER, endpoint, str(out)], cwd=ROOT,
-                           stdout=subprocess.PIPE, text=True)
+    sub = subprocess.Popen([sys.executable, SUBSCRIBER, endpoint, str(out), "--until", "end_of_stream"],
+                           cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert sub.stdout is not None and sub.stdout.readline().strip() == "ready"
         daemon = voxd("run", "--config", str(cfg), timeout=60)
@@ -73,7 +48,7 @@ def test_daemon_stream_equals_offline_processing(tmp_path: Path, free_port: int,
     n = len(info["seqs"])
     assert info["seqs"] == list(range(n)), "every frame arrives, in order, no seq gap"
     assert info["gaps"] == 0 and info["restarts"] == 0
-    assert info["events"][-1] == "end_of_stream"
+    assert info["events"][-1]["type"] == "end_of_stream"
     assert info["pts"] == [320 * i for i in range(n)]
     streamed = np.frombuffer(Path(f"{out}.pcm").read_bytes(), "<i2")
 
@@ -128,8 +103,8 @@ def test_sigterm_stops_cleanly_and_flushes(tmp_path: Path, free_port: int):
                    "chain: [{stage: passthrough_stft}, {stage: mix}]\n"
                    f"output: {{endpoints: ['{endpoint}'], wait_for_subscriber_s: 20}}\n")
     out = tmp_path / "sub"
-    sub = subprocess.Popen([sys.executable, "-c", SUBSCRIBER.replace('"end_of_stream"', '"stopping"'),
-                            endpoint, str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    sub = subprocess.Popen([sys.executable, SUBSCRIBER, endpoint, str(out), "--until", "stopping"],
+                           cwd=ROOT, stdout=subprocess.PIPE, text=True)
     daemon = None
     try:
         assert sub.stdout is not None and sub.stdout.readline().strip() == "ready"
@@ -149,5 +124,5 @@ def test_sigterm_stops_cleanly_and_flushes(tmp_path: Path, free_port: int):
     info = json.loads(Path(f"{out}.json").read_text())
     n = len(info["seqs"])
     assert n > 30 and info["seqs"] == list(range(n)) and info["gaps"] == 0
-    assert info["events"] == ["stopping"]
+    assert [e["type"] for e in info["events"]] == ["stopping"]
     assert len(Path(f"{out}.pcm").read_bytes()) == 2 * 320 * n

@@ -482,28 +482,7 @@ def test_speech_segments_close_open_segments_and_keep_to_the_file():
 
 # ------------------------------------------------------------------------------------------ end to end
 
-SUBSCRIBER = """
-import json, sys
-from voxd.client import Subscriber
-from voxd.wire import AudioMessage, EventMessage
-endpoint, out = sys.argv[1], sys.argv[2]
-info = {"seqs": [], "speech": [], "events": []}
-with Subscriber(endpoint, topics=("audio", "event")) as sub:
-    print("ready", flush=True)
-    while True:
-        msg = sub.recv(timeout_ms=30000)
-        if msg is None:
-            break
-        if isinstance(msg, AudioMessage):
-            info["seqs"].append(msg.seq)
-            info["speech"].append(msg.header["speech"])
-        elif isinstance(msg, EventMessage):
-            info["events"].append({"type": msg.type, **msg.header})
-            if msg.type == "end_of_stream":
-                break
-    info["gaps"] = sub.gaps
-open(out, "w").write(json.dumps(info))
-"""
+SUBSCRIBER = str(Path(__file__).parent / "subscriber.py")  # records audio headers and events
 
 
 def test_daemon_publishes_speech_events_that_bracket_the_labelled_speech(tmp_path: Path, free_port: int,
@@ -514,9 +493,9 @@ def test_daemon_publishes_speech_events_that_bracket_the_labelled_speech(tmp_pat
     cfg = tmp_path / "run.yaml"
     cfg.write_text(f"capture: {{type: file, path: {DEMO}, realtime: true}}\n" + CHAIN % "" +
                    f"output: {{endpoints: ['{endpoint}'], frame_ms: 20, wait_for_subscriber_s: 20}}\n")
-    out = tmp_path / "sub.json"
-    sub = subprocess.Popen([sys.executable, "-c", SUBSCRIBER, endpoint, str(out)], cwd=ROOT,
-                           stdout=subprocess.PIPE, text=True)
+    out = tmp_path / "sub"
+    sub = subprocess.Popen([sys.executable, SUBSCRIBER, endpoint, str(out), "--until", "end_of_stream"],
+                           cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert sub.stdout is not None and sub.stdout.readline().strip() == "ready"
         daemon = voxd("run", "--config", str(cfg), timeout=60)
@@ -524,7 +503,7 @@ def test_daemon_publishes_speech_events_that_bracket_the_labelled_speech(tmp_pat
         assert sub.wait(timeout=60) == 0
     finally:
         sub.kill()
-    info = json.loads(out.read_text())
+    info = json.loads(Path(f"{out}.json").read_text())
     assert info["gaps"] == 0 and info["seqs"] == list(range(len(info["seqs"])))
     speech = [e for e in info["events"] if e["type"] in (SPEECH_START, SPEECH_END)]
     assert [e["type"] for e in info["events"]][-1] == "end_of_stream"
