@@ -32,6 +32,23 @@ def voxd() -> Callable[..., subprocess.CompletedProcess[str]]:
     return run_voxd
 
 
+def run_with_subscriber(cfg: Path, endpoint: str, out: Path, until: str = "end_of_stream") -> dict:
+    """Start a subscriber process (tests/subscriber.py) on ``endpoint``, run ``voxd run --config cfg``
+    to its end, and return what the subscriber recorded (``OUT.json``; payloads in ``OUT.pcm``)."""
+    import json
+
+    cmd = [sys.executable, str(ROOT / "tests" / "subscriber.py"), endpoint, str(out), "--until", until]
+    sub = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert sub.stdout is not None and sub.stdout.readline().strip() == "ready"
+        daemon = run_voxd("run", "--config", str(cfg), timeout=60)
+        assert daemon.returncode == 0, daemon.stderr
+        assert sub.wait(timeout=60) == 0
+    finally:
+        sub.kill()
+    return json.loads(Path(f"{out}.json").read_text())
+
+
 @pytest.fixture
 def free_port() -> int:
     with socket.socket() as s:

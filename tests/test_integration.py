@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from tests.conftest import ROOT, make_recording
+from tests.conftest import ROOT, make_recording, run_with_subscriber
 
 SUBSCRIBER = str(ROOT / "tests" / "subscriber.py")  # records seqs, pts, events and the raw payloads
 
@@ -34,17 +34,7 @@ def test_daemon_stream_equals_offline_processing(tmp_path: Path, free_port: int,
                    f"output: {{endpoints: ['{endpoint}'], frame_ms: 20, wait_for_subscriber_s: 20}}\n")
 
     out = tmp_path / "sub"
-    sub = subprocess.Popen([sys.executable, SUBSCRIBER, endpoint, str(out), "--until", "end_of_stream"],
-                           cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    try:
-        assert sub.stdout is not None and sub.stdout.readline().strip() == "ready"
-        daemon = voxd("run", "--config", str(cfg), timeout=60)
-        assert daemon.returncode == 0, daemon.stderr
-        assert sub.wait(timeout=60) == 0
-    finally:
-        sub.kill()
-
-    info = json.loads(Path(f"{out}.json").read_text())
+    info = run_with_subscriber(cfg, endpoint, out)
     n = len(info["seqs"])
     assert info["seqs"] == list(range(n)), "every frame arrives, in order, no seq gap"
     assert info["gaps"] == 0 and info["restarts"] == 0

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import functools
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ from scipy import signal
 from voxd_vad.smoothing import SPEECH_END, SPEECH_START, Smoother, SmoothingSamples
 from voxd_vad.stage import ENGINE_DEFAULTS, Vad, VadParams
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_with_subscriber
 from voxd.chain import build_chain
 from voxd.config import load_config
 from voxd.frame import AudioFormat, Flags, Frame, header_side
@@ -482,7 +480,6 @@ def test_speech_segments_close_open_segments_and_keep_to_the_file():
 
 # ------------------------------------------------------------------------------------------ end to end
 
-SUBSCRIBER = str(Path(__file__).parent / "subscriber.py")  # records audio headers and events
 
 
 def test_daemon_publishes_speech_events_that_bracket_the_labelled_speech(tmp_path: Path, free_port: int,
@@ -493,17 +490,7 @@ def test_daemon_publishes_speech_events_that_bracket_the_labelled_speech(tmp_pat
     cfg = tmp_path / "run.yaml"
     cfg.write_text(f"capture: {{type: file, path: {DEMO}, realtime: true}}\n" + CHAIN % "" +
                    f"output: {{endpoints: ['{endpoint}'], frame_ms: 20, wait_for_subscriber_s: 20}}\n")
-    out = tmp_path / "sub"
-    sub = subprocess.Popen([sys.executable, SUBSCRIBER, endpoint, str(out), "--until", "end_of_stream"],
-                           cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    try:
-        assert sub.stdout is not None and sub.stdout.readline().strip() == "ready"
-        daemon = voxd("run", "--config", str(cfg), timeout=60)
-        assert daemon.returncode == 0, daemon.stderr
-        assert sub.wait(timeout=60) == 0
-    finally:
-        sub.kill()
-    info = json.loads(Path(f"{out}.json").read_text())
+    info = run_with_subscriber(cfg, endpoint, tmp_path / "sub")
     assert info["gaps"] == 0 and info["seqs"] == list(range(len(info["seqs"])))
     speech = [e for e in info["events"] if e["type"] in (SPEECH_START, SPEECH_END)]
     assert [e["type"] for e in info["events"]][-1] == "end_of_stream"
