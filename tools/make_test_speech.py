@@ -25,6 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_demo import decode_g722
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "data" / "speech" / "allison-congrats-10s.flac"
 
@@ -54,17 +57,6 @@ def fetch(deb_dir: Path | None, work: Path) -> Path:
     root = work / "root"
     subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
     return root
-
-
-def decode_g722(path: Path) -> np.ndarray:
-    """Raw G.722 (16 kHz mono) to float64 in [-1, 1)."""
-    import av  # only the generator needs PyAV
-
-    with av.open(str(path), format="g722") as container:
-        stream = container.streams.audio[0]
-        assert stream.rate == RATE, stream.rate
-        pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(stream)])
-    return pcm.astype(np.float64) / 32768.0
 
 
 def close_pauses(x: np.ndarray) -> np.ndarray:
