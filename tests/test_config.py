@@ -327,10 +327,10 @@ def test_overrides_are_applied_and_remember_their_origin(plugins: Plugins) -> No
 
 def test_override_creates_missing_mappings(tmp_path: Path, plugins: Plugins) -> None:
     f = write(tmp_path, "capture: {path: a.wav}\n")
-    loaded = load_config(f, ("output.hwm=5", "array.preset=respeaker-4"), plugins)
+    loaded = load_config(f, ("output.hwm=5", "array.preset=respeaker-6mic"), plugins)
     assert loaded.config.output.hwm == 5
-    assert loaded.config.array is not None and loaded.config.array.preset == "respeaker-4"
-    assert loaded.where(("array",)) == "--set array.preset=respeaker-4"
+    assert loaded.config.array is not None and loaded.config.array.preset == "respeaker-6mic"
+    assert loaded.where(("array",)) == "--set array.preset=respeaker-6mic"
 
 
 def test_merge_keys_and_scratch_sections(tmp_path: Path, plugins: Plugins) -> None:

@@ -1,7 +1,8 @@
 """The chain: stages in config order, with the shared STFT inserted where the domain changes.
 
 :func:`build_chain` checks everything that can be checked before audio flows — each stage's format
-(``negotiate``), side-value order (``requires`` after ``provides``), debug tap names — and reports
+(``negotiate``), side-value order (``requires`` after ``provides``), the array geometry of stages that
+need it (``needs_geometry``: one position per input channel), debug tap names — and reports
 every problem as a config error pointing at the chain entry. :class:`Chain` then runs one hop-sized
 frame at a time through its nodes; a run of consecutive spectral stages shares one analysis and one
 synthesis, so it adds ``n_fft - hop`` samples of delay however many stages it has.
@@ -18,11 +19,13 @@ import numpy as np
 
 from voxd.errors import ConfigError, StageError
 from voxd.frame import AudioFormat, Domain, Flags, Frame
+from voxd.geometry import SPEED_OF_SOUND, resolve_positions
 from voxd.stage import FormatError, Stage, StageContext
 from voxd.stft import StftAnalysis, StftSynthesis
 
 if TYPE_CHECKING:
     from voxd.config import LoadedConfig
+    from voxd.config.model import StageSpec
 
 log = logging.getLogger("voxd.chain")
 
@@ -196,13 +199,15 @@ class Chain:
         """The configured stages, in order (without the inserted STFT nodes)."""
         return [n for n in self.nodes if isinstance(n, StageNode)]
 
-    def open(self, rate: int, positions: np.ndarray | None = None, emit: Emit | None = None) -> None:
-        """Open every stage with a context; ``emit(type, seq=..., **fields)`` publishes events."""
+    def open(self, rate: int, positions: np.ndarray | None = None, emit: Emit | None = None,
+             speed_of_sound: float = SPEED_OF_SOUND) -> None:
+        """Open every stage with a context: chain ``rate`` (Hz), mic ``positions`` float64 ``(M, 3)`` (m)
+        or None, ``speed_of_sound`` (m/s); ``emit(type, seq=..., **fields)`` publishes events."""
         sink: Emit = emit or (lambda *a, **k: None)
         for node in self.nodes:
             if isinstance(node, StageNode):
                 node._emit = sink
-                ctx = StageContext(rate=rate, positions=positions, emit=sink,
+                ctx = StageContext(rate=rate, positions=positions, speed_of_sound=speed_of_sound, emit=sink,
                                    log=logging.getLogger(f"voxd.stage.{node.name}"))
                 node.stage.open(ctx)
         for name in self.taps:
@@ -270,11 +275,30 @@ def _side_key_errors(loaded: LoadedConfig) -> list[str]:
     return errors
 
 
+def _array_where(loaded: LoadedConfig) -> str:
+    """``FILE:LINE`` (or ``--set ...``) of the key that fixes the number of microphone positions."""
+    array = loaded.config.array
+    assert array is not None
+    if array.positions is not None:  # explicit positions win over a preset
+        return loaded.where(("array", "positions"))
+    return loaded.where(("array", "count" if array.count is not None else "preset"))
+
+
+def _no_array(spec: StageSpec) -> str:
+    return (f"stage '{spec.name}' ({spec.kind}) needs the array geometry: add an 'array' section "
+            "(preset or positions)")
+
+
+def _channels_mismatch(loaded: LoadedConfig, spec: StageSpec, channels: int, n_positions: int) -> str:
+    return (f"stage '{spec.name}' ({spec.kind}) gets {channels} channel{'s' * (channels != 1)} but the "
+            f"array ({_array_where(loaded)}) has {n_positions} microphone position{'s' * (n_positions != 1)}")
+
+
 def build_chain(loaded: LoadedConfig, input_channels: int) -> Chain:
     """Instantiate and check the configured chain for ``input_channels`` input channels.
 
-    Raises :class:`~voxd.errors.ConfigError` listing every problem (formats, side-value order).
-    No stage is opened here.
+    Raises :class:`~voxd.errors.ConfigError` listing every problem (formats, side-value order, array
+    geometry). No stage is opened here.
     """
     cfg = loaded.config
     proc = cfg.processing
@@ -282,11 +306,15 @@ def build_chain(loaded: LoadedConfig, input_channels: int) -> Chain:
     n_fft = round(proc.rate * proc.window_ms / 1000)
     in_format = AudioFormat(proc.rate, input_channels, hop)
     errors = _side_key_errors(loaded)
+    positions = resolve_positions(cfg.array)
+    n_positions = None if positions is None else positions.shape[0]
 
     nodes: list[Node] = []
     fmt: AudioFormat | None = in_format
     for spec in cfg.chain:
         stage = spec.cls(spec.params, spec.name)
+        if spec.cls.needs_geometry and n_positions is None:
+            errors.append(loaded.error(("chain", spec.index), _no_array(spec)))
         if fmt is None:  # an earlier format error: keep checking the rest for other errors only
             continue
         if spec.cls.domain is Domain.SPECTRAL and fmt.domain is Domain.TIME:
@@ -295,6 +323,13 @@ def build_chain(loaded: LoadedConfig, input_channels: int) -> Chain:
         elif spec.cls.domain is Domain.TIME and fmt.domain is Domain.SPECTRAL:
             nodes.append(SynthesisNode(fmt))
             fmt = nodes[-1].out_format
+        # Checked on the format the stage is offered: the positions describe the channels as they
+        # reach it (after select or a channel map), not the capture's.
+        if spec.cls.needs_geometry and n_positions is not None and fmt.channels != n_positions:
+            errors.append(loaded.error(("chain", spec.index),
+                          _channels_mismatch(loaded, spec, fmt.channels, n_positions)))
+            fmt = None  # like a format error: the stage cannot run on this input
+            continue
         try:
             out = stage.negotiate(fmt)
         except FormatError as exc:

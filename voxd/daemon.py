@@ -20,7 +20,7 @@ from voxd.chain import Chain, build_chain
 from voxd.config import LoadedConfig
 from voxd.errors import VoxdError
 from voxd.pipeline import OutFrame, Pipeline, event_emitter
-from voxd.process import positions_of
+from voxd.process import positions_of, speed_of_sound_of
 from voxd.publisher import Publisher
 from voxd.sources import FileSource, Source
 
@@ -94,7 +94,8 @@ class Daemon:
                 log.info("no subscriber after %.1f s; starting anyway", out.wait_for_subscriber_s)
             out_frame = max(1, round(chain.in_format.rate * out.frame_ms / 1000))
             emit = event_emitter(out_frame, chain.in_format.rate, pub.send_event)
-            chain.open(self.cfg.processing.rate, positions_of(self.loaded), emit=emit)
+            chain.open(self.cfg.processing.rate, positions_of(self.loaded), emit=emit,
+                       speed_of_sound=speed_of_sound_of(self.loaded))
             pipe = Pipeline(chain, src.rate, out_frame)
             src.start()
             log.info("audio flowing from %s (%d ch, %d Hz)", src.name, src.channels, src.rate)

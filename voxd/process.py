@@ -25,6 +25,7 @@ from tqdm import tqdm
 from voxd.chain import build_chain
 from voxd.config import LoadedConfig
 from voxd.errors import EX_CANTCREAT, EX_USAGE, VoxdError
+from voxd.geometry import SPEED_OF_SOUND, resolve_positions
 from voxd.pipeline import OutFrame, Pipeline, event_emitter
 from voxd.sources.file import FileSource, file_info
 from voxd.wire import float_to_s16
@@ -44,11 +45,15 @@ class ProcessResult:
 
 
 def positions_of(loaded: LoadedConfig) -> np.ndarray | None:
-    """Microphone positions ``(channels, 3)`` in metres from the config, or None."""
+    """Microphone positions float64 ``(channels, 3)`` in metres from the config's ``array`` section
+    (explicit positions, else the preset's), or None without one."""
+    return resolve_positions(loaded.config.array)
+
+
+def speed_of_sound_of(loaded: LoadedConfig) -> float:
+    """``array.speed_of_sound`` (m/s), or the default 343 m/s without an ``array`` section."""
     array = loaded.config.array
-    if array is None or array.positions is None:
-        return None
-    return np.asarray(array.positions, dtype=np.float64)
+    return SPEED_OF_SOUND if array is None else array.speed_of_sound
 
 
 def process_file(loaded: LoadedConfig, path: str, progress: bool = False,
@@ -60,7 +65,8 @@ def process_file(loaded: LoadedConfig, path: str, progress: bool = False,
     out_frame = max(1, round(chain.in_format.rate * loaded.config.output.frame_ms / 1000))
     emit = event_emitter(out_frame, chain.in_format.rate,
                          lambda type, seq=None, **f: events.append({"type": type, "seq": seq, **f}))
-    chain.open(loaded.config.processing.rate, positions_of(loaded), emit=emit)
+    chain.open(loaded.config.processing.rate, positions_of(loaded), emit=emit,
+               speed_of_sound=speed_of_sound_of(loaded))
     src = FileSource(path, realtime=False, loop=False, block_ms=SOURCE_BLOCK_MS)
     src.open()
     pipe = Pipeline(chain, src.rate, out_frame)

@@ -27,6 +27,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from voxd.frame import AudioFormat, Domain, Frame
+from voxd.geometry import SPEED_OF_SOUND
 
 
 class StageParams(BaseModel):
@@ -46,16 +47,19 @@ EventSink = Callable[..., None]
 class StageContext:
     """What a stage may use outside its frames.
 
-    ``rate``: chain sample rate (Hz); ``positions``: microphone positions ``(channels, 3)`` in metres
-    relative to the array centre, or None when the config gives no geometry; ``emit(type, pts=..., **fields)``
-    publishes an event on the bus (only on state changes, never every frame); ``pts`` is the chain-rate
-    sample index the event refers to (e.g. ``frame.pts``), which the daemon turns into the ``seq`` of the
-    published frame that holds that sample (and ``t_s``, seconds since stream start);
+    ``rate``: chain sample rate (Hz); ``positions``: microphone positions float64 ``(channels, 3)`` in
+    metres relative to the array centre (row *i* = the stage's input channel *i*), or None when the
+    config gives no geometry; ``speed_of_sound``: m/s (``array.speed_of_sound``);
+    ``emit(type, pts=..., **fields)`` publishes an event on the bus (only on state changes, never every
+    frame); ``pts`` is the chain-rate sample index the event refers to (e.g. ``frame.pts``), which the
+    daemon turns into the ``seq`` of the published frame that holds that sample (and ``t_s``, seconds
+    since stream start);
     ``log``: the stage's logger.
     """
 
     rate: int
     positions: np.ndarray | None = None
+    speed_of_sound: float = SPEED_OF_SOUND
     emit: EventSink = field(default=lambda *a, **k: None)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("voxd.stage"))
     extra: dict[str, Any] = field(default_factory=dict)
@@ -71,6 +75,9 @@ class Stage:
     requires: ClassVar[tuple[str, ...]] = ()
     #: side keys this stage writes into ``frame.side``
     provides: ClassVar[tuple[str, ...]] = ()
+    #: True for stages that use ``ctx.positions`` (e.g. doa, beamform): the chain builder then requires
+    #: an ``array`` section whose number of positions equals the channels reaching the stage
+    needs_geometry: ClassVar[bool] = False
 
     @classmethod
     def required_keys(cls, params: StageParams) -> tuple[str, ...]:

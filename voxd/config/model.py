@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from voxd.config.suggest import did_you_mean
+from voxd.geometry import LINEAR, PRESETS, SPEED_OF_SOUND
 from voxd.stage import Stage, StageParams
 
 #: context key that moves an error from the model to one of its fields (see :func:`field_error`)
@@ -164,18 +166,55 @@ def _xyz(row: list[float]) -> list[float]:
 Position = Annotated[list[FiniteFloat], AfterValidator(_xyz), Field(json_schema_extra=_XYZ)]
 
 
-class ArrayConfig(Section):
-    """Microphone array geometry: a named preset or explicit positions."""
+def _known_preset(name: str) -> str:
+    if name not in PRESETS:
+        # A truncated name ('respeaker-4mic') is closer by edit ratio to another board's name
+        # ('respeaker-6mic') than to its own: a unique prefix match comes first.
+        longer = [p for p in PRESETS if p.startswith(name)]
+        hint = f" (did you mean '{longer[0]}'?)" if len(longer) == 1 else did_you_mean(name, PRESETS)
+        raise custom_error(f"unknown preset '{name}'{hint}; known presets: {', '.join(sorted(PRESETS))}")
+    return name
 
-    preset: str | None = Field(None, description="Name of a known array geometry.")
-    positions: list[Position] | None = Field(
-        None, min_length=1, description="Microphone positions [x, y, z] (m), one row per capture channel."
+
+#: a preset name; the schema lists the known ones
+PresetName = Annotated[str, AfterValidator(_known_preset), Field(json_schema_extra={"enum": sorted(PRESETS)})]
+
+
+class ArrayConfig(Section):
+    """Microphone array geometry: a named preset or explicit positions (explicit positions win).
+
+    Positions are metres relative to the array centre, one row per channel as the channels reach the
+    stages that use the geometry (after ``select``); azimuths count counter-clockwise from +x, z up.
+    """
+
+    preset: PresetName | None = Field(
+        None, description="Named array geometry (README: Array geometry); 'linear' also needs count and "
+        "spacing."
     )
+    positions: list[Position] | None = Field(
+        None, min_length=1, description="Microphone positions [x, y, z] (m), one row per channel; they "
+        "win over preset."
+    )
+    count: int | None = Field(None, ge=2, description="Number of microphones (preset 'linear' only).")
+    spacing: FiniteFloat | None = Field(
+        None, gt=0, description="Distance between neighbouring microphones (m) (preset 'linear' only)."
+    )
+    speed_of_sound: FiniteFloat = Field(SPEED_OF_SOUND, ge=300, le=400, description="Speed of sound (m/s).")
 
     @model_validator(mode="after")
-    def _one_of(self) -> ArrayConfig:
-        if self.preset is not None and self.positions is not None:
-            raise field_error("positions", "give either array.preset or array.positions, not both")
+    def _geometry_given(self) -> ArrayConfig:
+        # Rules on present keys first, so that an unknown or missing preset is reported alone.
+        linear = self.preset == LINEAR
+        for key in ("count", "spacing"):
+            if getattr(self, key) is not None and not linear:
+                used = f"not '{self.preset}'" if self.preset is not None else "and array.preset is not given"
+                raise field_error(key, f"only used by preset '{LINEAR}', {used}")
+        if linear:
+            what = {"count": "number of microphones", "spacing": "metres between microphones"}
+            missing = [k for k in what if getattr(self, k) is None]
+            if missing:
+                also = f", as is array.{missing[1]} ({what[missing[1]]})" if len(missing) > 1 else ""
+                raise field_error(missing[0], f"required for preset '{LINEAR}' ({what[missing[0]]}){also}")
         if self.preset is None and self.positions is None:
             raise custom_error("give array.preset or array.positions")
         return self
