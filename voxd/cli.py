@@ -3,8 +3,9 @@
 Expected errors print one line each (config errors: ``file:line: path: message``) and exit with a
 documented status: 2 bad usage (argparse), 64 bad arguments (e.g. ``process --vad-out`` with a chain
 that has no voice activity detector), 65 unreadable audio, 66 missing input,
-69 unavailable endpoint/device, 70 a stage failed with ``on_error: fail``, 78 invalid config,
-130 interrupted. Anything else is a bug and keeps its traceback.
+69 unavailable endpoint/device, 70 a stage failed with ``on_error: fail``, 73 an output file
+cannot be written (``keygen`` refuses to overwrite a key), 78 invalid config (also a bad or too open
+key file), 130 interrupted. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -137,7 +138,32 @@ def cmd_devices(args: argparse.Namespace) -> int:
 def cmd_listen(args: argparse.Namespace) -> int:
     from voxd.listen import listen
 
-    return listen(args.endpoint, args.out, args.seconds, topic=args.topic, quiet=args.quiet)
+    return listen(args.endpoint, args.out, args.seconds, topic=args.topic, quiet=args.quiet,
+                  **client_keys(args))
+
+
+def add_client_key_options(p: argparse.ArgumentParser) -> None:
+    """``--server-key`` and ``--client-key``, for every command that subscribes to the daemon."""
+    p.add_argument("--server-key", metavar="KEY|FILE",
+                   help="CURVE: the daemon's public key (Z85, as 'voxd keygen' prints it) or its .key file")
+    p.add_argument("--client-key", metavar="FILE",
+                   help="CURVE: this client's secret key file (NAME.key_secret from 'voxd keygen', "
+                        "mode 600); its public key must be on the daemon's allow-list")
+
+
+def client_keys(args: argparse.Namespace) -> dict[str, str | None]:
+    """The :class:`~voxd.client.Subscriber` keyword arguments from :func:`add_client_key_options`."""
+    return {"server_key": args.server_key, "client_key_file": args.client_key}
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from voxd.security import generate_keypair
+
+    public_path, secret_path, public = generate_keypair(args.out, args.name)
+    print(f"public key: {public.decode('ascii')}")
+    print(f"wrote {public_path} (public: give it to the other side)")
+    print(f"wrote {secret_path} (secret, mode 600: keep it on this machine)")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,7 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, help="stop after this much audio")
     p.add_argument("--topic", default="audio", help="audio (default) or audio.<stage> for a debug tap")
     p.add_argument("--quiet", "-q", action="store_true", help="no summary on stderr")
+    add_client_key_options(p)
     p.set_defaults(func=cmd_listen)
+
+    p = sub.add_parser("keygen", help="write a CURVE key pair (NAME.key public, NAME.key_secret secret)")
+    p.add_argument("--out", "-o", default=".", metavar="DIR",
+                   help="directory for the key files (created with mode 700 if missing; default: .)")
+    p.add_argument("--name", "-n", default="voxd",
+                   help="base name of the files (default: voxd); existing files are never overwritten")
+    p.set_defaults(func=cmd_keygen)
 
     p = sub.add_parser("check", help="validate a config and build its chain (opens no device)")
     _add_config(p, positional=True)

@@ -88,7 +88,7 @@ class Daemon:
         assert chain is not None
         pub: Publisher | None = None
         try:
-            pub = Publisher(list(out.endpoints), fmt=out.format, hwm=out.hwm)
+            pub = Publisher.from_config(out)
             log.info("publishing stream %s on %s", pub.stream, ", ".join(out.endpoints))
             if out.wait_for_subscriber_s > 0 and not pub.wait_for_subscriber(out.wait_for_subscriber_s):
                 log.info("no subscriber after %.1f s; starting anyway", out.wait_for_subscriber_s)

@@ -4,6 +4,11 @@ Stops on an ``end_of_stream`` event, after ``seconds`` of audio, or on SIGINT/SI
 the output properly (a WAV header that matches its data). A summary goes to stderr, for example::
 
     received 250 frames (5.000 s, 1 ch, 16000 Hz), 0 gaps, 0 restarts, events: end_of_stream=1
+
+A CURVE-protected daemon needs ``server_key`` and ``client_key_file`` (docs/security.md). A key the
+daemon refuses ends listen with an error (exit 69); a handshake that fails otherwise (wrong server
+key, no keys for a CURVE daemon) is retried by ZeroMQ, and one warning line on stderr says why
+nothing arrives.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ def listen(
     seconds: float | None,
     topic: str = "audio",
     quiet: bool = False,
+    *,
+    server_key: str | None = None,
+    client_key_file: str | None = None,
 ) -> int:
     """Receive ``topic`` from ``endpoint`` and write it to ``out``; returns the exit status (0).
 
@@ -49,11 +57,14 @@ def listen(
     16-bit PCM for ``s16le`` streams, 32-bit float for ``f32le``, both bit-exact), or None / ``-`` for
     raw interleaved PCM on stdout (for piping into a recogniser). ``seconds``: stop after this much
     audio (the output holds exactly ``round(seconds × rate)`` samples per channel); None for no limit.
-    ``quiet``: no summary on stderr.
+    ``quiet``: no summary on stderr. ``server_key`` (the daemon's public key, Z85 or its ``.key`` file)
+    and ``client_key_file`` (this client's ``.key_secret`` file): CURVE, both or neither.
 
-    Raises :class:`VoxdError`: EX_USAGE for a bad topic or duration, EX_CANTCREAT (73) when ``out``
-    cannot be written, EX_DATAERR when the stream's rate, channels or format change mid-stream (what
-    was received until then is kept, properly closed).
+    Raises :class:`VoxdError`: EX_USAGE for a bad topic or duration or only one CURVE key,
+    EX_CONFIG (78) for a missing, malformed or too open key file, EX_UNAVAILABLE (69) when the daemon
+    refuses this client's key, EX_CANTCREAT (73) when ``out`` cannot be written, EX_DATAERR when the
+    stream's rate, channels or format change mid-stream (what was received until then is kept,
+    properly closed).
     """
     if not is_audio_topic(topic):
         raise VoxdError(f"listen: {topic!r} is not an audio topic (audio or audio.<stage-name>)", EX_USAGE)
@@ -66,7 +77,9 @@ def listen(
         _check_writable(out)
         sink = _WavSink(out)
     tally = _Tally()
-    with Subscriber(endpoint, topics=(topic, TOPIC_EVENT)) as sub, _stop_on_signals() as stop:
+    subscriber = Subscriber(endpoint, topics=(topic, TOPIC_EVENT), server_key=server_key,
+                            client_key_file=client_key_file)
+    with subscriber as sub, _stop_on_signals() as stop:
         try:
             _receive(sub, sink, tally, seconds, stop)
         except KeyboardInterrupt:
@@ -83,8 +96,12 @@ def _receive(
 ) -> None:
     """The receive loop; returns when the stream ends, the duration is reached or a stop is requested."""
     limit: int | None = None  # samples per channel, known from the first frame's rate
+    warned = False  # ZeroMQ retries a failed handshake every reconnect: one line, not one per attempt
     while not stop.requested:
         msg = sub.recv(timeout_ms=_POLL_MS)
+        if sub.handshake_failures and not warned:
+            print(f"voxd listen: warning: {sub.last_error}", file=sys.stderr)
+            warned = True
         if isinstance(msg, EventMessage):
             tally.events[msg.type] += 1
             if msg.type == "end_of_stream":
@@ -139,6 +156,8 @@ class _Tally:
         items = [head, gaps, _plural(sub.restarts, "restart")]
         if sub.bad:
             items.append(f"{sub.bad} malformed skipped")
+        if sub.handshake_failures:
+            items.append(_plural(sub.handshake_failures, "failed handshake"))
         events = " ".join(f"{kind}={count}" for kind, count in self.events.items()) or "none"
         line = ", ".join(items) + f", events: {events}"
         if path is not None and not self.rate:

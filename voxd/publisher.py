@@ -7,6 +7,13 @@ to know whether anyone listens to a debug tap).
 Threading: a ZeroMQ socket is not thread-safe. Create, use and close a :class:`Publisher` on ONE
 thread, the worker thread that runs the chain. Other threads hand it events through the worker.
 
+Security: with ``curve_secret_key`` the socket is a CURVE server (encrypted, and only clients that
+know the daemon's public key can even complete a handshake), and a ZAP handler, a
+:class:`zmq.auth.thread.ThreadAuthenticator` on the publisher's own context, admits only the
+client public keys in ``curve_allowed_clients``. Without keys, an endpoint reachable from other
+machines is refused unless ``insecure=True`` (then it is bound with a warning in the log), so a caller
+that forgets the keys fails closed. See docs/security.md.
+
 Back-pressure: there is none, on purpose. Each subscriber has a send queue of ``hwm`` messages; when a
 slow subscriber's queue is full, its messages are dropped (it sees a ``seq`` gap) and the worker goes on
 at full speed. Sends are non-blocking, so even a misbehaving transport cannot stall the chain.
@@ -14,22 +21,60 @@ at full speed. Sends are non-blocking, so even a misbehaving transport cannot st
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
-from voxd.errors import EX_UNAVAILABLE, VoxdError
+from voxd import security
+from voxd.errors import EX_CONFIG, EX_UNAVAILABLE, VoxdError
 from voxd.wire import TOPIC_AUDIO, encode_audio, encode_event, encode_stats, sample_width
 
 # Subscription messages queue up inside the XPUB socket until read; reading them every few dozen sends
 # keeps that queue bounded on a daemon that runs for months while clients come and go.
 _DRAIN_EVERY = 64
+
+# Distinct refused client keys remembered for logging each one once: a refused client restarted by its
+# supervisor comes back again and again, and a log line per attempt would flood the journal.
+_REFUSED_LOG_MAX = 256
+
+if TYPE_CHECKING:
+    from voxd.config.model import OutputConfig
+
+log = logging.getLogger(__name__)
+
+
+class _AllowList:
+    """The ZAP credentials provider: admits the Z85 client keys it holds, nothing else.
+
+    ``callback`` runs on the authenticator's thread; the key set is replaced whole (one reference
+    assignment) by :meth:`replace`, so the thread always sees a complete old or new list.
+    """
+
+    def __init__(self, keys: Iterable[bytes]) -> None:
+        self.keys = frozenset(keys)
+        self._refused: set[bytes] = set()  # touched by the authenticator's thread only
+
+    def replace(self, keys: Iterable[bytes]) -> None:
+        """Admit exactly ``keys`` from now on (any thread)."""
+        self.keys = frozenset(keys)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """pyzmq's credentials-provider hook: True admits the client with Z85 public ``key``."""
+        if key in self.keys:
+            return True
+        if key not in self._refused and len(self._refused) < _REFUSED_LOG_MAX:
+            self._refused.add(key)
+            log.warning("refused a subscriber with CURVE public key %s: not on the allow-list",
+                        key.decode("ascii", "replace"))
+        return False
 
 
 class Publisher:
@@ -41,7 +86,16 @@ class Publisher:
     before that subscriber loses messages. ``stream_id``: the ``stream`` header value (a fresh random
     id when None, so every daemon start is a new stream).
 
-    Raises :class:`VoxdError` (exit status 69, EX_UNAVAILABLE) when an endpoint cannot be bound.
+    CURVE (all keys Z85, as in ZeroMQ certificate files; see :mod:`voxd.security`):
+    ``curve_secret_key``: the daemon's secret key; turns CURVE on for every endpoint.
+    ``curve_public_key``: its public key (derived from the secret one when None; logged so that
+    clients can be given it). ``curve_allowed_clients``: the client public keys admitted; any other
+    client is refused at the handshake and receives nothing. ``insecure``: allow endpoints other than
+    loopback, ``ipc://`` and ``inproc://`` without CURVE (a warning per endpoint is logged).
+    :meth:`from_config` fills all of these from the ``output`` section.
+
+    Raises :class:`VoxdError`: exit status 69 (EX_UNAVAILABLE) when an endpoint cannot be bound or
+    libzmq lacks CURVE; 78 (EX_CONFIG) for a non-local endpoint without keys or ``insecure``.
     Must be created, used and closed on a single thread (see the module docstring).
     """
 
@@ -51,8 +105,24 @@ class Publisher:
         fmt: str = "s16le",
         hwm: int = 1000,
         stream_id: str | None = None,
+        *,
+        curve_secret_key: bytes | None = None,
+        curve_public_key: bytes | None = None,
+        curve_allowed_clients: Iterable[bytes] = (),
+        insecure: bool = False,
     ) -> None:
         sample_width(fmt)  # fail on an unknown format before binding anything
+        if curve_secret_key is None:
+            open_eps = [ep for ep in endpoints if not security.is_local_endpoint(ep)]
+            if open_eps and not insecure:
+                raise VoxdError(f"output endpoint {open_eps[0]} is not loopback, ipc:// or inproc://: "
+                                "binding it needs CURVE keys (output.curve) or output.insecure: true",
+                                EX_CONFIG)
+            for ep in open_eps:
+                log.warning("output endpoint %s has no CURVE keys (output.insecure: true): anyone who can "
+                            "reach it can listen to the audio", ep)
+        else:
+            security.require_curve()
         self.fmt = fmt
         self.stream = stream_id if stream_id is not None else uuid.uuid4().hex[:12]
         #: Messages handed to ZeroMQ: audio frames (all audio topics), payload bytes, events, stats;
@@ -70,17 +140,72 @@ class Publisher:
         self._subscriptions: set[bytes] = set()
         self._sends = 0
         self._closed = False
+        #: The daemon's CURVE public key (Z85) when CURVE is on, else None.
+        self.curve_public_key: bytes | None = None
+        self._allow: _AllowList | None = None
+        self._auth: ThreadAuthenticator | None = None
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.XPUB)
         try:
             self._socket.setsockopt(zmq.SNDHWM, hwm)
             self._socket.setsockopt(zmq.LINGER, 0)  # until close() says how long to flush
+            if curve_secret_key is not None:
+                self._setup_curve(curve_secret_key, curve_public_key, curve_allowed_clients)
             for ep in endpoints:
                 self.endpoints.append(self._bind(ep))
         except BaseException:
             self._socket.close(linger=0)
+            self._stop_auth()
             self._context.term()
             raise
+        if self.curve_public_key is not None:
+            assert self._allow is not None
+            log.info("CURVE on: server public key %s, %d allowed client key(s)",
+                     self.curve_public_key.decode("ascii"), len(self._allow.keys))
+
+    @classmethod
+    def from_config(cls, output: OutputConfig, stream_id: str | None = None) -> Publisher:
+        """A publisher for the ``output`` config section: endpoints, format, hwm, CURVE keys (as read
+        when the config was validated) and ``insecure``."""
+        kwargs: dict[str, Any] = {"insecure": output.insecure}
+        if output.curve is not None:
+            keys = output.curve.keys
+            kwargs.update(curve_secret_key=keys.secret_key, curve_public_key=keys.public_key,
+                          curve_allowed_clients=keys.allowed_clients)
+        return cls(list(output.endpoints), fmt=output.format, hwm=output.hwm, stream_id=stream_id, **kwargs)
+
+    def _setup_curve(self, secret: bytes, public: bytes | None, allowed: Iterable[bytes]) -> None:
+        """Make the socket a CURVE server with a ZAP allow-list; before any bind, so that no
+        connection is ever accepted without them."""
+        if public is None:
+            public = zmq.curve_public(secret)
+        self._allow = _AllowList(allowed)
+        # libzmq asks the ZAP handler of the socket's own context: the authenticator must live on
+        # ours, and be running before bind. Without a handler, CURVE would admit any client that
+        # knows the server's public key.
+        self._auth = ThreadAuthenticator(self._context, log=logging.getLogger(f"{__name__}.zap"))
+        self._auth.start()
+        self._auth.configure_curve_callback(domain="*", credentials_provider=self._allow)
+        self._socket.setsockopt(zmq.CURVE_SERVER, 1)
+        self._socket.setsockopt(zmq.CURVE_SECRETKEY, secret)
+        self._socket.setsockopt(zmq.CURVE_PUBLICKEY, public)
+        self.curve_public_key = public
+
+    def set_allowed_clients(self, keys: Iterable[bytes]) -> None:
+        """Replace the allow-list (Z85 client public keys) while running, e.g. on a reload.
+
+        It applies to new connections: a subscriber already connected stays connected. Raises
+        ValueError when CURVE is off.
+        """
+        if self._allow is None:
+            raise ValueError("CURVE is off: there is no allow-list to replace")
+        self._allow.replace(keys)
+
+    def _stop_auth(self) -> None:
+        """Stop the ZAP thread (joins it): a reloading daemon must not leak one per publisher."""
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
 
     def _bind(self, ep: str) -> str:
         if ep.startswith("ipc://"):
@@ -210,7 +335,10 @@ class Publisher:
         if self._closed:
             return
         self._closed = True
+        # Socket first: once it is closed no new handshake starts, so stopping the ZAP handler
+        # after it leaves no moment where a client could be admitted unchecked.
         self._socket.close(linger=linger_ms)
+        self._stop_auth()
         self._context.term()
 
     @property

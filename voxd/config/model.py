@@ -9,11 +9,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+import zmq
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
+from voxd import security
 from voxd.config.suggest import did_you_mean
 from voxd.geometry import LINEAR, PRESETS, SPEED_OF_SOUND
+from voxd.security import CurveKeys, KeyFileError
 from voxd.stage import Stage, StageParams
 
 #: context key that moves an error from the model to one of its fields (see :func:`field_error`)
@@ -220,19 +232,126 @@ class ArrayConfig(Section):
         return self
 
 
-def _endpoint(value: str) -> str:
+def _endpoint(value: str, info: ValidationInfo) -> str:
     if not value.startswith(ENDPOINT_SCHEMES):
         raise custom_error(f"must start with tcp://, ipc:// or inproc://, got '{value}'")
+    data = info.data  # the fields declared before ``endpoints``: insecure, curve
+    # A curve section that failed has its own error; a second one here would only repeat it.
+    if "curve" not in data or "insecure" not in data:
+        return value
+    if data["curve"] is None and not data["insecure"] and not security.is_local_endpoint(value):
+        raise custom_error(f"'{value}' is not loopback, ipc:// or inproc://: binding it needs CURVE keys "
+                           "(output.curve; see 'voxd keygen') or an explicit output.insecure: true")
     return value
 
 
-class OutputConfig(Section):
-    """The ZeroMQ publisher."""
+def _key_error(exc: KeyFileError) -> PydanticCustomError:
+    return custom_error(str(exc))
 
+
+def _client_key(value: str) -> str:
+    try:
+        security.load_public_key(value)
+    except KeyFileError as e:
+        raise _key_error(e) from None
+    return value
+
+
+class CurveConfig(Section):
+    """CURVE security for the publisher: ZeroMQ's encryption, and a ZAP allow-list of the clients'
+    public keys. Key files are ZeroMQ certificates as written by ``voxd keygen``; relative paths are
+    relative to the daemon's working directory. Keys are never written inline in the config except
+    the clients' public ones, so the config file itself holds no secret."""
+
+    secret_key_file: str = Field(
+        description="The daemon's secret certificate (NAME.key_secret from 'voxd keygen'); it must not "
+        "be accessible by group or others (chmod 600)."
+    )
+    allowed_clients: list[Annotated[str, AfterValidator(_client_key)]] = Field(
+        default_factory=list, description="Clients allowed to subscribe: public certificate files "
+        "(NAME.key) or Z85 public keys (40 characters, as 'voxd keygen' prints them)."
+    )
+    allowed_clients_dir: str | None = Field(
+        None, description="A directory whose *.key public certificates are all allowed clients (read at "
+        "start)."
+    )
+    _keys: CurveKeys | None = PrivateAttr(None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _curve_available(cls, data: Any) -> Any:
+        if not zmq.has("curve"):
+            raise custom_error(security.curve_missing_message())
+        return data
+
+    @field_validator("secret_key_file")
+    @classmethod
+    def _secret_key(cls, v: str) -> str:
+        try:
+            security.load_keypair_file(v)
+        except KeyFileError as e:
+            raise _key_error(e) from None
+        return v
+
+    @field_validator("allowed_clients_dir")
+    @classmethod
+    def _client_dir(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                keys = security.load_public_key_dir(v)
+            except KeyFileError as e:
+                raise _key_error(e) from None
+            if not keys:
+                raise custom_error(f"{v}: no public key files (*.key) in it: no client could connect")
+        return v
+
+    @model_validator(mode="after")
+    def _load_keys(self) -> CurveConfig:
+        if not self.allowed_clients and self.allowed_clients_dir is None:
+            raise field_error("allowed_clients", "give allowed_clients or allowed_clients_dir: the public "
+                              "keys of the clients allowed to subscribe")
+        self._keys = self.load()
+        return self
+
+    def load(self) -> CurveKeys:
+        """Read the key files (again): the daemon's key pair and the allow-list.
+
+        Raises :class:`~voxd.security.KeyFileError` if a file went bad since validation.
+        """
+        public, secret = security.load_keypair_file(self.secret_key_file)
+        allowed = [security.load_public_key(entry) for entry in self.allowed_clients]
+        if self.allowed_clients_dir is not None:
+            allowed += security.load_public_key_dir(self.allowed_clients_dir)
+        return CurveKeys(public, secret, frozenset(allowed))
+
+    @property
+    def keys(self) -> CurveKeys:
+        """The keys as read when this config was validated (read now for an unvalidated instance)."""
+        if self._keys is None:
+            self._keys = self.load()
+        return self._keys
+
+
+class OutputConfig(Section):
+    """The ZeroMQ publisher.
+
+    ``insecure`` and ``curve`` come before ``endpoints`` on purpose: pydantic validates fields in
+    order, and each endpoint's check needs to know whether keys were given.
+    """
+
+    insecure: bool = Field(
+        False, description="Allow endpoints other than loopback, ipc:// and inproc:// without CURVE keys "
+        "(anyone who can reach them can listen; a warning is logged at start)."
+    )
+    curve: CurveConfig | None = Field(
+        None, description="CURVE encryption and client allow-list; required to bind an endpoint that is "
+        "not loopback, ipc:// or inproc:// (unless insecure: true)."
+    )
     endpoints: list[Annotated[str, AfterValidator(_endpoint)]] = Field(
         default_factory=lambda: ["tcp://127.0.0.1:7700"],
         min_length=1,
-        description="ZeroMQ PUB endpoints to bind (tcp://, ipc:// or inproc://).",
+        description="ZeroMQ PUB endpoints to bind (tcp://, ipc:// or inproc://); other than loopback, "
+        "ipc:// or inproc://, they need curve or insecure: true.",
     )
     format: Literal["s16le", "f32le"] = Field("s16le", description="Sample format of audio payloads.")
     frame_ms: FiniteFloat = Field(
@@ -248,6 +367,13 @@ class OutputConfig(Section):
     wait_for_subscriber_s: FiniteFloat = Field(
         0.0, ge=0, description="Wait up to this long for a first subscriber before starting (s)."
     )
+
+    @property
+    def insecure_endpoints(self) -> list[str]:
+        """Endpoints reachable from other machines with no CURVE protection (allowed by ``insecure``)."""
+        if self.curve is not None:
+            return []
+        return [ep for ep in self.endpoints if not security.is_local_endpoint(ep)]
 
 
 class LogConfig(Section):
