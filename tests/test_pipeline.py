@@ -195,3 +195,36 @@ def test_a_failing_channel_changing_stage_falls_back_to_silence_of_the_right_sha
     chain.open(RATE)
     out = chain.process(Frame(np.ones((4, 160), np.float32), 0, 0, 0.0, RATE))
     assert out.samples.shape == (1, 160) and not out.samples.any()
+
+
+@pytest.mark.parametrize(("first", "second"), [
+    ("  - {stage: gain, db: 0}\n", "  - {stage: passthrough_stft}\n"),  # the delay grows by one hop
+    ("  - {stage: passthrough_stft}\n", "  - {stage: gain, db: 0}\n"),  # the delay shrinks by one hop
+])
+def test_swap_chain_keeps_seq_and_alignment(first: str, second: str) -> None:
+    """Hot reload's swap: seq continues, the output stays aligned with the input (sample exact once the
+    new chain's window is full), the length is preserved; only the hops around the swap differ."""
+    rng = np.random.default_rng(3)
+    x = (0.3 * rng.standard_normal((1, RATE))).astype(np.float32)
+    pipe, _ = make_pipeline(first, 1)
+    new, _ = make_pipeline(second, 1)
+    half = RATE // 2
+    frames = pipe.push(Block(x[:, :half], 0.0, Flags.NONE))
+    pipe.swap_chain(new.chain)
+    frames += pipe.push(Block(x[:, half:], half / RATE, Flags.NONE)) + pipe.flush()
+    audio = [f for f in frames if f.topic == "audio"]
+    assert [f.seq for f in audio] == list(range(len(audio)))
+    assert [f.pts for f in audio] == [sum(a.samples.shape[1] for a in audio[:i]) for i in range(len(audio))]
+    y = np.concatenate([f.samples for f in audio], axis=1)
+    assert y.shape == x.shape
+    hop = pipe.hop
+    keep = np.ones(x.shape[1], bool)
+    keep[half - 2 * hop : half + 2 * hop] = False  # the transition: old chain's tail, new warm-up
+    assert np.abs(y[0, keep] - x[0, keep]).max() < 1e-5
+
+
+def test_swap_chain_refuses_another_format() -> None:
+    pipe, _ = make_pipeline("  - {stage: gain, db: 0}\n", 2)
+    other, _ = make_pipeline("  - {stage: mix}\n", 2)
+    with pytest.raises(ValueError, match="cannot swap"):
+        pipe.swap_chain(other.chain)

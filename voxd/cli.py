@@ -49,7 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     loaded = _load(args)
     _setup_logging(loaded.config.log.level)
-    return Daemon(loaded).run()
+    return Daemon(loaded, overrides=args.overrides).run()
 
 
 def cmd_process(args: argparse.Namespace) -> int:

@@ -1,24 +1,42 @@
-"""``voxd run``: source -> worker thread (pipeline + publisher) -> ZeroMQ, with clean shutdown.
+"""``voxd run``: source -> worker thread (pipeline + publisher) -> ZeroMQ, with clean shutdown and reload.
 
-Threads: the main thread handles signals and waits; the worker thread owns the ZeroMQ socket (created,
-used and closed there only), reads blocks from the source, runs the pipeline and publishes. SIGTERM or
-SIGINT ask the worker to stop; it flushes the chain (nothing already captured is lost) and closes the
-socket with a linger so queued messages still go out. A finite file source ends with an
-``end_of_stream`` event and exit status 0.
+Threads: the main thread handles signals, feeds systemd's watchdog and prepares reloads; the worker
+thread owns the ZeroMQ socket (created, used and closed there only), reads blocks from the source, runs
+the pipeline and publishes. SIGTERM or SIGINT ask the worker to stop; it flushes the chain (nothing
+already captured is lost) and closes the socket with a linger so queued messages still go out. A
+finite file source ends with an ``end_of_stream`` event and exit status 0.
+
+SIGHUP reloads the config file (with the same ``--set`` overrides): the main thread parses and
+validates it and builds the new chain (and, when those sections changed, opens the new capture source
+or prepares the new publisher settings) off the hot path, then hands it to the worker, which swaps it in
+between two source blocks: ``seq`` continues without a gap and a ``reload`` event says what changed.
+An invalid config is logged line by line (the usual ``file:line: key: message``), published as a
+``reload_failed`` event, and the running chain carries on. SIGUSR1 writes every thread's stack to
+stderr (the journal under systemd).
+
+systemd (``Type=notify``, :mod:`voxd.notify`): ``READY=1`` after the first published frame,
+``RELOADING=1`` / ``READY=1`` around a reload, ``STOPPING=1`` on a stop signal, ``STATUS=`` lines, and
+``WATCHDOG=1`` only while the worker's loop makes progress (a hung stage stops the pings).
 """
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import queue
 import signal
+import sys
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
 from voxd.chain import Chain, build_chain
-from voxd.config import LoadedConfig
-from voxd.errors import VoxdError
+from voxd.config import LoadedConfig, load_config
+from voxd.errors import ConfigError, VoxdError
+from voxd.notify import Notifier, WatchdogPinger
 from voxd.pipeline import OutFrame, Pipeline, event_emitter
 from voxd.process import positions_of, speed_of_sound_of
 from voxd.publisher import Publisher
@@ -41,18 +59,47 @@ def make_source(loaded: LoadedConfig) -> Source:
     raise VoxdError(f"capture.type '{cap.type}' is not supported by this build")
 
 
-class Daemon:
-    """One running instance: build with a loaded config, then :meth:`run` until stopped or the end."""
+@dataclass
+class Reload:
+    """A validated reload handed from the main thread to the worker.
 
-    def __init__(self, loaded: LoadedConfig) -> None:
+    ``loaded``: the new config; ``chain``: its chain, built (not opened) for the source's channels;
+    ``source``: a new, opened source when the capture section changed, else None; ``changed``: the
+    top-level sections that differ; ``errors``: config error lines when the reload was refused (then
+    only a ``reload_failed`` event goes out).
+    """
+
+    loaded: LoadedConfig | None = None
+    chain: Chain | None = None
+    source: Source | None = None
+    changed: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+
+
+class Daemon:
+    """One running instance: build with a loaded config, then :meth:`run` until stopped or the end.
+
+    ``overrides``: the ``--set`` values the config was loaded with (applied again on reload);
+    ``notifier``: the systemd notifier (default: from ``$NOTIFY_SOCKET``, a no-op outside systemd).
+    """
+
+    def __init__(self, loaded: LoadedConfig, overrides: Sequence[str] = (),
+                 notifier: Notifier | None = None) -> None:
         self.loaded = loaded
         self.cfg = loaded.config
+        self.overrides = tuple(overrides)
+        self.notifier = notifier if notifier is not None else Notifier.from_env()
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
         self.frames = 0
+        self.heartbeat = 0  # worker loop iterations: the watchdog's sign of life
+        self.reloads = 0
         self.source = make_source(loaded)
         self.chain: Chain | None = None
         self._chain_closed = False
+        self._reload_asked = threading.Event()
+        self._reloads: queue.SimpleQueue[Reload] = queue.SimpleQueue()
+        self._ready_sent = False
 
     def prepare(self) -> None:
         """Open the source and build the chain (config or input errors surface here, before threads)."""
@@ -68,20 +115,107 @@ class Daemon:
         self.prepare()
         worker = threading.Thread(target=self._work, name="voxd-worker", daemon=True)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hup)
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+        pinger = WatchdogPinger(self.notifier, lambda: self.heartbeat)
         try:
             worker.start()
             while worker.is_alive():
-                worker.join(0.2)
+                worker.join(0.1)
+                pinger.poll()
+                if self._reload_asked.is_set() and not self.stop_event.is_set():
+                    self._reload_asked.clear()
+                    self._prepare_reload()
         finally:
+            faulthandler.unregister(signal.SIGUSR1)
             for s, h in previous.items():
                 signal.signal(s, h)
+            self.notifier.close()
         if self.error is not None:
             raise self.error
         return 0
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info("%s: stopping", signal.Signals(signum).name)
+        self.notifier.stopping()
         self.stop_event.set()
+
+    def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
+        self._reload_asked.set()  # the main loop does the work, not the signal handler
+
+    # ---------------------------------------------------------------------------------------- reload
+    def _prepare_reload(self) -> None:
+        """Main thread: load, validate and build the new config off the hot path; hand it over."""
+        self.notifier.reloading()
+        log.info("SIGHUP: reloading %s", self.loaded.path)
+        try:
+            new = load_config(self.loaded.path, self.overrides)
+            changed = tuple(k for k in ("capture", "processing", "array", "chain", "output", "log")
+                            if getattr(new.config, k) != getattr(self.cfg, k))
+            source: Source | None = None
+            channels = self.source.channels
+            if "capture" in changed:
+                source = make_source(new)
+                source.open()
+                channels = source.channels
+            try:
+                chain = build_chain(new, channels)
+            except BaseException:
+                if source is not None:
+                    source.close()
+                raise
+        except Exception as exc:
+            if isinstance(exc, ConfigError):
+                lines = tuple(exc.lines)
+            else:
+                lines = (str(exc) if isinstance(exc, VoxdError) else f"{type(exc).__name__}: {exc}",)
+            for line in lines:
+                log.error("reload refused: %s", line)
+            self._reloads.put(Reload(errors=lines))
+            self.notifier.ready(status="reload refused: running the previous config")
+            return
+        logging.getLogger().setLevel(new.config.log.level.upper())
+        self._reloads.put(Reload(new, chain, source, changed))
+
+    def _apply_reload(self, r: Reload, pub: Publisher, pipe: Pipeline, src: Source
+                      ) -> tuple[Publisher, Pipeline, Source]:
+        """Worker thread, between two blocks: swap in what changed; returns the objects now in use."""
+        if r.errors:
+            pub.send_event("reload_failed", seq=self._last_seq, errors=list(r.errors))
+            return pub, pipe, src
+        assert r.loaded is not None and r.chain is not None
+        new_cfg = r.loaded.config
+        if "output" in r.changed:  # rebind only when the endpoints or bus settings changed
+            stream = pub.stream
+            pub.close(linger_ms=200)
+            pub = Publisher.from_config(new_cfg.output, stream_id=stream)
+            log.info("publishing stream %s on %s", pub.stream, ", ".join(new_cfg.output.endpoints))
+        out_frame = max(1, round(r.chain.in_format.rate * new_cfg.output.frame_ms / 1000))
+        emit = event_emitter(out_frame, r.chain.in_format.rate, pub.send_event)
+        r.chain.open(new_cfg.processing.rate, positions_of(r.loaded), emit=emit,
+                     speed_of_sound=speed_of_sound_of(r.loaded))
+        if r.source is not None or out_frame != pipe.out_frame or not pipe.can_swap(r.chain):
+            if r.source is not None:
+                src.close()
+                src = r.source
+                src.start()
+            pipe.chain.close()
+            pipe = Pipeline(r.chain, src.rate, out_frame, resume=pipe)
+        else:
+            pipe.swap_chain(r.chain)
+        self.loaded, self.cfg, self.chain, self.source = r.loaded, new_cfg, r.chain, src
+        self.reloads += 1
+        pub.send_event("reload", seq=self._last_seq, changed=list(r.changed), count=self.reloads)
+        log.info("reloaded (%s); chain: %s", ", ".join(r.changed) or "nothing changed",
+                 " -> ".join(s.name for s in r.chain.stages()))
+        self.notifier.ready(status=self._status(pub))
+        return pub, pipe, src
+
+    def _status(self, pub: Publisher) -> str:
+        """The one-line ``STATUS=`` summary for systemd."""
+        return (f"{self.frames} frames on {', '.join(pub.endpoints)}; chain "
+                f"{' -> '.join(s.name for s in self.chain.stages()) if self.chain else '?'}; "
+                f"reloads {self.reloads}")
 
     def _work(self) -> None:
         chain, src, out = self.chain, self.source, self.cfg.output
@@ -99,13 +233,15 @@ class Daemon:
             pipe = Pipeline(chain, src.rate, out_frame)
             src.start()
             log.info("audio flowing from %s (%d ch, %d Hz)", src.name, src.channels, src.rate)
+            self._pub = pub
             self._loop(src, pipe, pub)
         except BaseException as exc:  # reported by the main thread after the worker ends
             self.error = exc
         finally:
-            if not self._chain_closed:
-                chain.close()
-            src.close()
+            if not self._chain_closed and self.chain is not None:
+                self.chain.close()
+            self.source.close()
+            pub = getattr(self, "_pub", pub)
             if pub is not None:
                 pub.close()
 
@@ -116,13 +252,23 @@ class Daemon:
             if f.topic == "audio":
                 self.frames += 1
                 self._last_seq = f.seq
+                if not self._ready_sent:  # audio flows: only now is the service "active"
+                    self._ready_sent = True
+                    self.notifier.ready(status=self._status(pub))
 
     def _loop(self, src: Source, pipe: Pipeline, pub: Publisher) -> None:
         self._last_seq = -1
-        interval = self.cfg.output.stats_interval_s
-        next_stats = time.monotonic() + interval
+        next_stats = time.monotonic() + self.cfg.output.stats_interval_s
         busy_s, audio_s = 0.0, 0.0
         while not self.stop_event.is_set():
+            self.heartbeat += 1
+            while True:
+                try:
+                    request = self._reloads.get_nowait()
+                except queue.Empty:
+                    break
+                pub, pipe, src = self._apply_reload(request, pub, pipe, src)
+                self._pub = pub
             block = src.read(READ_TIMEOUT_S)
             for type_, fields in src.take_events():
                 pub.send_event(type_, seq=self._last_seq, **fields)
@@ -135,8 +281,9 @@ class Daemon:
             busy_s += time.perf_counter() - t0
             audio_s += block.samples.shape[1] / src.rate
             if time.monotonic() >= next_stats:
-                next_stats += interval
+                next_stats += self.cfg.output.stats_interval_s
                 pub.send_stats(**self._stats(pipe, src, busy_s / audio_s if audio_s else 0.0))
+                self.notifier.status(self._status(pub))
                 busy_s, audio_s = 0.0, 0.0
         self._send(pub, pipe.flush())
         # Close the chain before the last event: stages may still publish (a VAD ends an open
@@ -153,5 +300,16 @@ class Daemon:
     def _stats(self, pipe: Pipeline, src: Source, rtf: float) -> dict[str, Any]:
         stages = {name: {"p50_us": round(p50, 1), "p99_us": round(p99, 1)}
                   for name, (p50, p99) in pipe.chain.timings().items()}
+        # stages that keep a summary (Stage.stats) add it under their name; most keep none
+        summaries: dict[str, Any] = {}
+        for node in pipe.chain.stages():
+            try:
+                summary = node.stage.stats()
+            except Exception as exc:  # a stage's summary is diagnostics: it must never stop the audio
+                log.warning("stats of stage '%s' failed: %s: %s", node.name, type(exc).__name__, exc)
+                continue
+            if summary is not None:
+                summaries[node.name] = summary
+        extra = {"stage_stats": summaries} if summaries else {}
         return {"frames": self.frames, "chain_frames": pipe.frames_in, "rtf": round(rtf, 4),
-                "stages": stages, **src.counters}
+                "stages": stages, **extra, **src.counters}

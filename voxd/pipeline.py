@@ -59,7 +59,7 @@ class OutFrame:
 class Pipeline:
     """Runs ``chain`` on blocks from a source at ``in_rate`` and emits frames of ``out_frame`` samples."""
 
-    def __init__(self, chain: Chain, in_rate: int, out_frame: int) -> None:
+    def __init__(self, chain: Chain, in_rate: int, out_frame: int, resume: Pipeline | None = None) -> None:
         self.chain = chain
         self.rate = chain.in_format.rate
         self.hop = chain.hop
@@ -85,6 +85,52 @@ class Pipeline:
         self._limit: int | None = None  # total output length, known once flushing
         self._tap_seq: dict[str, int] = {}
         self.frames_in = 0  # chain frames processed
+        if resume is not None:
+            self._resume(resume)
+
+    def _resume(self, old: Pipeline) -> None:
+        """Continue ``old``'s stream (a reload that changed the source, rate or framing): ``seq`` goes
+        on without a gap, ``pts`` jumps forward past what the old pipeline still held (its chain delay
+        and its partial frame) and the first frame says ``discontinuity``."""
+        self._seq, self.frames_in = old._seq, old.frames_in
+        start = round(old._hops * old.hop * self.rate / old.rate)  # old input position, new rate
+        self._hops = -(-start // self.hop)
+        self._emitted = self._hops * self.hop
+        self._received = self._emitted
+        self._in_samples = round(self._emitted / self._ratio)
+        self._anchors.extend((p * self.rate / old.rate, t) for p, t in old._anchors)
+        self._tap_seq = dict(old._tap_seq)
+        self._disc = True
+
+    def can_swap(self, chain: Chain) -> bool:
+        """True when :meth:`swap_chain` can take ``chain`` (same input format and output channels)."""
+        old = self.chain
+        return (chain.in_format == old.in_format and chain.out_format.channels == old.out_format.channels
+                and chain.out_format.rate == old.out_format.rate)
+
+    def swap_chain(self, chain: Chain) -> None:
+        """Replace the chain at the next hop boundary (hot reload); sequence numbers continue.
+
+        ``chain`` must take and give the same format as the current one (rate, hop, channels in and
+        out): a change there needs a new pipeline. The old chain is closed here (its stages may still
+        emit, e.g. a VAD ends an open segment). The samples the old chain still held (its delay) are
+        replaced by the new chain's warm-up output, which covers the same input samples; when the
+        delays differ the output stays aligned with the input: a longer new delay drops the
+        difference from the new chain's first output, a shorter one inserts that many zeros.
+        """
+        old = self.chain
+        if not self.can_swap(chain):
+            raise ValueError(f"cannot swap a chain taking {old.in_format.describe()} for one taking "
+                             f"{chain.in_format.describe()} (output {chain.out_format.describe()})")
+        old.close()
+        diff = chain.delay_samples - self.delay
+        if diff >= 0:
+            self._skip += diff
+        else:
+            self._out.append(np.zeros((old.out_format.channels, -diff), np.float32))
+            self._out_len += -diff
+        self.chain, self.delay = chain, chain.delay_samples
+        self._tap_seq = {k: v for k, v in self._tap_seq.items() if k in chain.taps}
 
     def time_of(self, pts: int) -> float:
         """Capture time (Unix s) of chain-rate sample ``pts``, from the block times seen so far."""

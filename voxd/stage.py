@@ -119,3 +119,9 @@ class Stage:
 
     def close(self) -> None:
         """Release resources."""
+
+    def stats(self) -> dict[str, Any] | None:
+        """A small JSON-able summary for the daemon's ``stats`` topic (``stage_stats.<name>``), covering
+        the time since the previous call; None (the default) contributes nothing. Called on the worker
+        thread between frames, once per ``output.stats_interval_s``: it may reset its accumulators."""
+        return None
