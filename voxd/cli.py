@@ -142,6 +142,12 @@ def cmd_listen(args: argparse.Namespace) -> int:
                   **client_keys(args))
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from voxd.status import status
+
+    return status(args.endpoint, args.timeout, sys.stdout, as_json=args.json, **client_keys(args))
+
+
 def add_client_key_options(p: argparse.ArgumentParser) -> None:
     """``--server-key`` and ``--client-key``, for every command that subscribes to the daemon."""
     p.add_argument("--server-key", metavar="KEY|FILE",
@@ -195,6 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true", help="no summary on stderr")
     add_client_key_options(p)
     p.set_defaults(func=cmd_listen)
+
+    p = sub.add_parser("status", help="print the daemon's next stats message (frames, drops, RTF, times)")
+    p.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:7700",
+                   help="the daemon's endpoint (default: tcp://127.0.0.1:7700)")
+    p.add_argument("--timeout", type=float, default=12.0, metavar="S",
+                   help="seconds to wait for a stats message (default 12: two default intervals)")
+    p.add_argument("--json", action="store_true", help="print the message as one JSON object")
+    add_client_key_options(p)
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("keygen", help="write a CURVE key pair (NAME.key public, NAME.key_secret secret)")
     p.add_argument("--out", "-o", default=".", metavar="DIR",

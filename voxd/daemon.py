@@ -100,6 +100,8 @@ class Daemon:
         self._reload_asked = threading.Event()
         self._reloads: queue.SimpleQueue[Reload] = queue.SimpleQueue()
         self._ready_sent = False
+        self._win_frames = self._win_speech = 0  # published frames / speech frames since the last stats
+        self._last_side: dict[str, Any] = {}
 
     def prepare(self) -> None:
         """Open the source and build the chain (config or input errors surface here, before threads)."""
@@ -252,6 +254,9 @@ class Daemon:
             if f.topic == "audio":
                 self.frames += 1
                 self._last_seq = f.seq
+                self._win_frames += 1
+                self._win_speech += bool(f.speech)
+                self._last_side = f.side
                 if not self._ready_sent:  # audio flows: only now is the service "active"
                     self._ready_sent = True
                     self.notifier.ready(status=self._status(pub))
@@ -310,6 +315,12 @@ class Daemon:
                 continue
             if summary is not None:
                 summaries[node.name] = summary
-        extra = {"stage_stats": summaries} if summaries else {}
+        extra: dict[str, Any] = {"stage_stats": summaries} if summaries else {}
+        # the latest values of the side channels a user watches (direction, gain, level), if present
+        extra.update({k: v for k, v in self._last_side.items()
+                      if k in ("doa_deg", "agc_gain_db", "level_dbfs", "speech_prob")})
+        speech_ratio = self._win_speech / self._win_frames if self._win_frames else 0.0
+        self._win_frames = self._win_speech = 0
         return {"frames": self.frames, "chain_frames": pipe.frames_in, "rtf": round(rtf, 4),
+                "speech_ratio": round(speech_ratio, 3), "reloads": self.reloads,
                 "stages": stages, **extra, **src.counters}
