@@ -8,7 +8,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 # Debian packages the project needs (installed only when missing; one list for every target).
-DEB_PACKAGES ?= libsndfile1 pulseaudio libasound2-plugins portaudio19-dev gcc python3-dev
+# systemd: systemd-analyze/systemd-sysusers for the unit tests; procps: /bin/kill, the unit's ExecReload.
+DEB_PACKAGES ?= libsndfile1 pulseaudio libasound2-plugins portaudio19-dev gcc python3-dev systemd procps
 PIP_EXTRAS ?= test,metrics
 
 ENDPOINT ?= tcp://127.0.0.1:7700
@@ -21,7 +22,18 @@ PYTEST_ARGS ?=
 # Rebuilt (pip install -e) only when pyproject.toml is newer than it.
 STAMP := $(VENV)/.voxd-installed
 
-.PHONY: help venv debs test lint demo bench clean
+# `make install`: the systemd service (systemd/README.md). DESTDIR stages everything under a directory
+# (packaging, tests) and then skips the steps that act on the running system (sysusers, daemon-reload).
+DESTDIR ?=
+VOXD_HOME ?= /opt/voxd
+BINDIR ?= /usr/bin
+UNITDIR ?= /etc/systemd/system
+SYSUSERSDIR ?= /usr/lib/sysusers.d
+CONFDIR ?= /etc/voxd
+DOCDIR ?= /usr/share/doc/voxd
+INSTALL_CONFIG ?= config/default.yaml
+
+.PHONY: help venv debs test lint demo bench clean install install-venv install-service uninstall
 
 help:
 	@echo "make demo    set up, then run the daemon on demo/ with a subscriber writing $(DEMO_OUT)"
@@ -30,6 +42,8 @@ help:
 	@echo "make lint    ruff check ."
 	@echo "make bench   chain cost: bench/chain_bench.py --config $(BENCH_CONFIG)"
 	@echo "make clean   remove $(VENV), $(DEMO_OUT) and caches"
+	@echo "make install the systemd service (root): venv in $(VOXD_HOME)/venv, $(BINDIR)/voxd, unit, user, config"
+	@echo "make uninstall  remove what make install put there (keeps $(CONFDIR) and the voxd user)"
 
 venv: $(STAMP)
 
@@ -61,3 +75,40 @@ bench: venv
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) build dist .pytest_cache .ruff_cache .hypothesis
 	find . -path ./.git -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -prune -exec rm -rf {} +
+
+# The package, without its test tools, in its own venv; $(BINDIR)/voxd is what the unit's ExecStart runs.
+# A venv is not relocatable: under DESTDIR the staged path is cut out of its scripts (shebangs, activate).
+install-venv: | debs
+	rm -rf "$(DESTDIR)$(VOXD_HOME)/venv"
+	$(PYTHON) -m venv "$(DESTDIR)$(VOXD_HOME)/venv"
+	"$(DESTDIR)$(VOXD_HOME)/venv/bin/python" -m pip install --disable-pip-version-check -q .
+	@if [ -n "$(DESTDIR)" ]; then \
+		grep -rlIF "$(DESTDIR)$(VOXD_HOME)" "$(DESTDIR)$(VOXD_HOME)/venv/bin" "$(DESTDIR)$(VOXD_HOME)/venv/pyvenv.cfg" \
+			| xargs -r sed -i "s|$(DESTDIR)$(VOXD_HOME)|$(VOXD_HOME)|g"; fi
+	install -d "$(DESTDIR)$(BINDIR)"
+	ln -sfn "$(VOXD_HOME)/venv/bin/voxd" "$(DESTDIR)$(BINDIR)/voxd"
+
+# Unit, sysusers entry, docs, and the config unless one is there already (it is the admin's).
+install-service:
+	install -D -m 0644 systemd/voxd.service "$(DESTDIR)$(UNITDIR)/voxd.service"
+	sed -i "s|^ExecStart=/usr/bin/voxd |ExecStart=$(BINDIR)/voxd |" "$(DESTDIR)$(UNITDIR)/voxd.service"
+	install -D -m 0644 systemd/voxd.sysusers.conf "$(DESTDIR)$(SYSUSERSDIR)/voxd.conf"
+	install -D -m 0644 systemd/README.md "$(DESTDIR)$(DOCDIR)/README.md"
+	install -d -m 0755 "$(DESTDIR)$(CONFDIR)"
+	@if [ -e "$(DESTDIR)$(CONFDIR)/voxd.yaml" ]; then \
+		echo "keeping $(DESTDIR)$(CONFDIR)/voxd.yaml (new default: $(INSTALL_CONFIG))"; \
+	else install -m 0644 "$(INSTALL_CONFIG)" "$(DESTDIR)$(CONFDIR)/voxd.yaml"; fi
+
+install: install-venv install-service
+	@if [ -z "$(DESTDIR)" ]; then \
+		systemd-sysusers "$(SYSUSERSDIR)/voxd.conf"; \
+		if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi; \
+		echo "installed; edit $(CONFDIR)/voxd.yaml, then: systemctl enable --now voxd"; fi
+
+uninstall:
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl disable --now voxd || true; fi
+	rm -f "$(DESTDIR)$(UNITDIR)/voxd.service" "$(DESTDIR)$(SYSUSERSDIR)/voxd.conf" "$(DESTDIR)$(BINDIR)/voxd"
+	rm -rf "$(DESTDIR)$(VOXD_HOME)/venv" "$(DESTDIR)$(DOCDIR)"
+	rmdir "$(DESTDIR)$(VOXD_HOME)" 2>/dev/null || true
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "kept $(DESTDIR)$(CONFDIR) and the voxd user (sysusers.d never removes users)"
