@@ -191,3 +191,31 @@ def test_thirty_reloads_under_load_lose_no_frame_and_leak_nothing(tmp_path: Path
           f"threads {base[1]}->{end[1]}, RSS {base[2]}->{end[2]} kB")
     assert fds <= 0 and threads <= 0
     assert rss < 5 * 1024
+
+
+def test_a_capture_change_reopens_the_source_and_seq_goes_on(tmp_path: Path, free_port: int) -> None:
+    a, b = tmp_path / "a.wav", tmp_path / "b.wav"
+    make_recording(a, channels=2, seconds=2.0)
+    make_recording(b, channels=4, seconds=2.0, seed=1)  # another device: more channels
+    cfg = tmp_path / "voxd.yaml"
+    mix = "  - {stage: mix}\n"
+    write_cfg(cfg, a, free_port, mix)
+    run = Running(cfg, free_port, tmp_path / "sub", seconds=30)
+    try:
+        time.sleep(1.0)
+        write_cfg(cfg, b, free_port, mix)
+        run.hup()
+        time.sleep(1.2)
+        run.daemon.send_signal(signal.SIGUSR1)  # thread stacks to stderr; the daemon carries on
+        time.sleep(0.5)
+        info, err = run.stop()
+    finally:
+        run.kill()
+    (reload,) = events(info, "reload")
+    assert reload["changed"] == ["capture"]
+    seqs = info["seqs"]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    i = seqs.index(reload["seq"])
+    assert any(info["discontinuity"][i:i + 5])  # the new source's first frame says so
+    assert len(seqs) - i > 40  # and audio flows from the new source
+    assert "Thread 0x" in err and "voxd/daemon.py" in err  # SIGUSR1's dump names the worker's code
