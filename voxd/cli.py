@@ -82,6 +82,22 @@ def cmd_process(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from voxd.benchcmd import bench, table  # first: it pins BLAS threads before numpy is imported
+
+    if args.seconds <= 0:
+        raise VoxdError(f"bench: --seconds must be positive, got {args.seconds:g}", 64)
+    r = bench(args.config, args.overrides, args.input, args.channels, args.seconds)
+    print(json.dumps(r, indent=2) if args.json else table(r))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from voxd.eval import run_eval
+
+    return run_eval(args)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from voxd.chain import build_chain
     from voxd.sources.file import file_info
@@ -192,6 +208,32 @@ def build_parser() -> argparse.ArgumentParser:
                         "provides 'speech' (e.g. vad), else exit 64")
     p.add_argument("inputs", nargs="+", metavar="IN", help="input audio files (or IN OUT without --out-dir)")
     p.set_defaults(func=cmd_process)
+
+    p = sub.add_parser("eval", help="speech quality of the chain and of each stage against clean references")
+    _add_config(p)
+    p.add_argument("--clean", action="append", default=[], metavar="C.wav",
+                   help="clean reference; repeat, paired in order with --noisy")
+    p.add_argument("--noisy", action="append", default=[], metavar="N.wav", help="noisy input; repeatable")
+    p.add_argument("--set-dir", metavar="DIR",
+                   help="a data set folder with meta.jsonl (lines with 'noisy' and 'clean' relative paths)")
+    p.add_argument("--items", type=int, metavar="N", help="only the first N items of --set-dir")
+    p.add_argument("--gate", default="", metavar="snr=3,pesq=0.5,stoi=0.1,clip=1",
+                   help="quality-gate thresholds: output-minus-input gains (SNR dB, PESQ, STOI) and the "
+                        "output's clipped samples (%%); defaults as shown")
+    p.add_argument("--plot", metavar="DIR", help="write PNG spectrograms and a level/VAD/DOA timeline "
+                   "per item (needs matplotlib: the 'plot' extra)")
+    p.add_argument("--strict", action="store_true", help="exit 1 when the gate fails (default: 0 either way)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="per-stage time, RTF, latency (declared and measured), peak RSS")
+    _add_config(p)
+    p.add_argument("--input", help="audio file (default: the config's capture file, else white noise)")
+    p.add_argument("--channels", type=int, help="channels of the synthetic input (default: the config's)")
+    p.add_argument("--seconds", type=float, default=30.0, help="audio to process, looped (default 30)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("listen", help="subscribe to a voxd stream; write WAV or raw PCM to stdout")
     p.add_argument("endpoint", metavar="ENDPOINT", help="e.g. tcp://127.0.0.1:7700")
