@@ -24,7 +24,6 @@ import time  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
-import soundfile as sf  # noqa: E402
 
 from voxd.chain import Chain, build_chain  # noqa: E402
 from voxd.config import LoadedConfig, load_config  # noqa: E402
@@ -33,6 +32,7 @@ from voxd.frame import Frame  # noqa: E402
 from voxd.pipeline import Pipeline  # noqa: E402
 from voxd.process import positions_of, speed_of_sound_of  # noqa: E402
 from voxd.sources.base import Block  # noqa: E402
+from voxd.sources.file import read_audio  # noqa: E402
 
 BLOCK_MS = 20.0  # source block size, as the daemon's file source
 PROBE_S = 2.0  # length of the noise burst used to measure the delay (s)
@@ -46,13 +46,7 @@ def load_input(path: str | None, channels: int, rate: int, seconds: float) -> tu
     ``channels`` channels at ``rate``. A missing or unreadable file raises :class:`InputError` (66/65).
     """
     if path:
-        if not os.path.exists(path):
-            raise InputError(f"{path}: no such file")
-        try:
-            data, rate = sf.read(path, dtype="float32", always_2d=True)
-        except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-            raise InputError(f"{path}: cannot read audio: {exc}", EX_DATAERR) from None
-        x = np.ascontiguousarray(data.T)
+        x, rate = read_audio(path)
         if x.shape[1] == 0:
             raise InputError(f"{path}: no samples", EX_DATAERR)
     else:

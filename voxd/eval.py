@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile as sf
 import soxr
 from tqdm import tqdm
 
@@ -43,6 +42,7 @@ from voxd.errors import EX_DATAERR, EX_UNAVAILABLE, EX_USAGE, InputError, VoxdEr
 from voxd.frame import Domain
 from voxd.pipeline import OutFrame
 from voxd.process import process_file
+from voxd.sources.file import read_audio
 
 DEFAULT_GATE = {"snr": 3.0, "pesq": 0.5, "stoi": 0.1, "clip": 1.0}
 LENGTH_TOLERANCE = 0.01  # clean and noisy durations may differ by this fraction (trimmed), not more
@@ -124,17 +124,6 @@ def read_set(set_dir: str, limit: int | None = None) -> list[Item]:
         items.append(Item(str(rec.get("id", Path(noisy).stem)), str(Path(set_dir) / noisy),
                           str(Path(set_dir) / clean)))
     return items
-
-
-def read_audio(path: str) -> tuple[np.ndarray, int]:
-    """Float32 ``(channels, n)`` and the rate (Hz); a missing file is 66, an unreadable one 65."""
-    if not os.path.exists(path):
-        raise InputError(f"{path}: no such file")
-    try:
-        data, rate = sf.read(path, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise InputError(f"{path}: cannot read audio: {exc}", EX_DATAERR) from None
-    return np.ascontiguousarray(data.T), int(rate)
 
 
 def _resample(x: np.ndarray, rate: int, to: int) -> np.ndarray:

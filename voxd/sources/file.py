@@ -23,6 +23,18 @@ def file_info(path: str) -> tuple[int, int]:
     return int(info.samplerate), int(info.channels)
 
 
+def read_audio(path: str) -> tuple[np.ndarray, int]:
+    """A whole audio file as float32 ``(channels, n)`` and its rate (Hz); a missing file is
+    :class:`InputError` 66, an unreadable one 65, each naming the file."""
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file")
+    try:
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise InputError(f"{path}: cannot read audio: {exc}", EX_DATAERR) from None
+    return np.ascontiguousarray(data.T), int(rate)
+
+
 class FileSource(Source):
     """Reads ``path`` in blocks of ``block_ms``.
 
