@@ -102,12 +102,24 @@ def wait_for(predicate, timeout: float = 10.0) -> bool:
     return False
 
 
+def start(tmp_path: Path, port: int, chain: str, channels: int = 2, seconds: float = 3.0,
+          sub_seconds: float = 30) -> tuple[Path, Path, Running]:
+    """A recording, a config streaming it in real time with ``chain``, and the daemon + subscriber."""
+    rec, cfg = tmp_path / "in.wav", tmp_path / "voxd.yaml"
+    make_recording(rec, channels=channels, seconds=seconds)
+    write_cfg(cfg, rec, port, chain)
+    return rec, cfg, Running(cfg, port, tmp_path / "sub", seconds=sub_seconds)
+
+
+def assert_no_gap(info: dict) -> list[int]:
+    """The subscriber saw consecutive seq numbers (no frame lost); returns them."""
+    seqs = info["seqs"]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))) and info["gaps"] == 0
+    return seqs
+
+
 def test_sighup_swaps_the_chain_without_a_seq_gap(tmp_path: Path, free_port: int) -> None:
-    rec = tmp_path / "in.wav"
-    make_recording(rec, channels=2, seconds=3.0)
-    cfg = tmp_path / "voxd.yaml"
-    write_cfg(cfg, rec, free_port, GAIN0)
-    run = Running(cfg, free_port, tmp_path / "sub", seconds=30)
+    rec, cfg, run = start(tmp_path, free_port, GAIN0)
     try:
         time.sleep(1.5)
         write_cfg(cfg, rec, free_port, GAIN6)  # same formats: the chain is swapped in place
@@ -119,8 +131,7 @@ def test_sighup_swaps_the_chain_without_a_seq_gap(tmp_path: Path, free_port: int
         info, err = run.stop()
     finally:
         run.kill()
-    seqs = info["seqs"]
-    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))) and info["gaps"] == 0  # no frame lost
+    seqs = assert_no_gap(info)
     reloads = events(info, "reload")
     assert [e["count"] for e in reloads] == [1, 2]
     assert reloads[0]["changed"] == ["chain"]
@@ -135,11 +146,7 @@ def test_sighup_swaps_the_chain_without_a_seq_gap(tmp_path: Path, free_port: int
 
 
 def test_an_invalid_config_is_refused_and_the_old_chain_keeps_running(tmp_path: Path, free_port: int) -> None:
-    rec = tmp_path / "in.wav"
-    make_recording(rec, channels=2, seconds=3.0)
-    cfg = tmp_path / "voxd.yaml"
-    write_cfg(cfg, rec, free_port, GAIN0)
-    run = Running(cfg, free_port, tmp_path / "sub", seconds=30)
+    rec, cfg, run = start(tmp_path, free_port, GAIN0)
     try:
         time.sleep(1.2)
         write_cfg(cfg, rec, free_port, "  - {stage: gian, db: -6}\n")  # misspelt stage
@@ -152,8 +159,7 @@ def test_an_invalid_config_is_refused_and_the_old_chain_keeps_running(tmp_path: 
     assert len(failed) == 1 and not events(info, "reload")
     assert failed[0]["errors"][0].startswith(f"{cfg}:7: chain.0.stage: unknown stage 'gian'")
     assert f"reload refused: {cfg}:7: chain.0.stage: unknown stage 'gian'" in err
-    seqs = info["seqs"]
-    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    seqs = assert_no_gap(info)
     i = seqs.index(failed[0]["seq"])
     assert len(seqs) - i > 30  # audio kept flowing after the refusal
     assert "Traceback" not in err
@@ -191,8 +197,7 @@ def test_thirty_reloads_under_load_lose_no_frame_and_leak_nothing(tmp_path: Path
         info, _err = run.stop()
     finally:
         run.kill()
-    seqs = info["seqs"]
-    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))) and info["gaps"] == 0
+    seqs = assert_no_gap(info)
     n_reload = len(events(info, "reload"))
     assert n_reload == 33
     fds, threads, rss = end[0] - base[0], end[1] - base[1], end[2] - base[2]
@@ -222,8 +227,7 @@ def test_a_capture_change_reopens_the_source_and_seq_goes_on(tmp_path: Path, fre
         run.kill()
     (reload,) = events(info, "reload")
     assert reload["changed"] == ["capture"]
-    seqs = info["seqs"]
-    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    seqs = assert_no_gap(info)
     i = seqs.index(reload["seq"])
     assert any(info["discontinuity"][i:i + 5])  # the new source's first frame says so
     assert len(seqs) - i > 40  # and audio flows from the new source
