@@ -30,6 +30,9 @@ from voxd.stage import StageContext
 
 RATE = 16000
 HOP = 160
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from agc_bench import after_speech, mask  # noqa: E402  - the benchmark's own segment helpers
+
 DEV = Path(__file__).resolve().parents[2] / "shared" / "bench" / "dev"
 needs_dev = pytest.mark.skipif(not (DEV / "vad" / "meta.jsonl").exists(), reason="shared dev set absent")
 CEILING = 10.0 ** (-1.0 / 20.0)  # the default ceiling_dbfs, -1 dBFS
@@ -131,24 +134,6 @@ def _p56(x: np.ndarray) -> float:
     return float(active_level_db(np.asarray(x, np.float64), RATE))
 
 
-def _mask(n: int, segments: list[tuple[float, float]]) -> np.ndarray:
-    m = np.zeros(n, bool)
-    for a, b in segments:
-        m[round(a * RATE) : round(b * RATE)] = True
-    return m
-
-
-def _after(segments: list[tuple[float, float]], skip: float) -> list[tuple[float, float]]:
-    out = []
-    for a, b in segments:
-        if skip >= b - a:
-            skip -= b - a
-            continue
-        out.append((a + skip, b))
-        skip = 0.0
-    return out
-
-
 def _steady_talker(x: np.ndarray, segments: list[tuple[float, float]], level: float
                    ) -> tuple[np.ndarray, list[tuple[float, float]]]:
     """The item played 1 + ceil(3 s / its speech) times, every utterance at ``level`` dBFS (P.56):
@@ -177,7 +162,7 @@ def _level_runs(engine: str, levels: tuple[float, ...]) -> list[Run]:
             for level in levels:
                 y_in, rsegs = _steady_talker(x, segs, level)
                 y, gains = run_pipeline(make_pipeline(chain_yaml(engine=engine)), y_in[None], [320])
-                dev = _p56(y[0][_mask(y.shape[1], _after(rsegs, 3.0))]) - TARGET
+                dev = _p56(y[0][mask(y.shape[1], after_speech(rsegs, 3.0))]) - TARGET
                 runs.append((name, level, y, gains, dev))
         _LEVEL_RUNS[key] = runs
     return _LEVEL_RUNS[key]
@@ -207,10 +192,10 @@ def test_speech_at_minus_50_dbfs_reaches_the_target_where_the_detector_hears_it(
         frames += pipe.flush()
         y = np.concatenate([f.samples for f in frames], axis=1)[0]
         flagged = np.repeat([f.speech for f in frames], HOP)[: y.shape[0]]
-        labelled = _mask(y.shape[0], rsegs)
+        labelled = mask(y.shape[0], rsegs)
         if flagged[labelled].mean() < 0.5:
             continue
-        checked.append((name, round(_p56(y[_mask(y.shape[0], _after(rsegs, 3.0))]) - TARGET, 2)))
+        checked.append((name, round(_p56(y[mask(y.shape[0], after_speech(rsegs, 3.0))]) - TARGET, 2)))
         assert np.abs(y).max() <= CEILING
     assert len(checked) >= 10, checked
     assert all(abs(d) <= 2.0 for _, d in checked), checked
@@ -295,7 +280,7 @@ def test_noise_between_utterances_is_not_pumped_up():
         for (_, end), (nxt, _) in itertools.pairwise(segs):
             if nxt - end < 0.3:
                 continue
-            m = _mask(x.shape[0], [(end, nxt)])
+            m = mask(x.shape[0], [(end, nxt)])
             frozen = gains[min(round(end * RATE) // HOP, gains.size - 1)]
             out_db = 10 * np.log10(np.mean(np.square(y[0][m], dtype=np.float64)))
             in_db = 10 * np.log10(np.mean(np.square(x[m], dtype=np.float64)))
