@@ -250,11 +250,46 @@ def noise(kind: str, seconds: float = 6.0, dbfs: float = -30.0) -> np.ndarray:
     return (x / np.sqrt(np.mean(x**2)) * 10 ** (dbfs / 20)).astype(np.float32)[None]
 
 
+def scaled_to(x: np.ndarray, dbfs: float) -> np.ndarray:
+    """``x`` scaled so that its labelled speech has an RMS of ``dbfs`` (float32, same shape)."""
+    m = np.zeros(x.shape[-1], bool)
+    for a, b in LABELS:
+        m[round(a * RATE) : round(b * RATE)] = True
+    rms = float(np.sqrt(np.mean(x[..., m] ** 2)))
+    return (x * np.float32(10 ** (dbfs / 20) / rms)).astype(np.float32)
+
+
+@pytest.mark.parametrize("dbfs", [-50.0, -60.0])
+def test_webrtc_hears_a_quiet_talker_through_its_level_normalised_copy(dbfs: float):
+    """WebRTC VAD's fixed energy threshold misses a -50 dBFS talker; the normalised copy does not."""
+    quiet = scaled_to(demo_mono(), dbfs)
+    stage, events = make_stage(engine="webrtc")
+    feed(stage, quiet)
+    stage.close()
+    segments = [(s / RATE, e / RATE) for s, e in check_alternation(events)]
+    assert frames_f1(segments, LABELS, 8.0) >= 0.85
+    assert stage.engine.gain_db > 20.0  # type: ignore[attr-defined]
+    raw, raw_events = make_stage(engine="webrtc", max_gain_db=0.0)  # the detector as it was
+    feed(raw, quiet)
+    raw.close()
+    raw_segments = [(s / RATE, e / RATE) for s, e in check_alternation(raw_events)]
+    assert frames_f1(raw_segments, LABELS, 8.0) < 0.5
+
+
+def test_the_normalised_copy_is_never_lowered():
+    """At a normal level the copy WebRTC hears is the input itself (gain 0 dB)."""
+    stage, _ = make_stage(engine="webrtc")
+    feed(stage, scaled_to(demo_mono(), -20.0))
+    assert stage.engine.gain_db == 0.0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("dbfs", [-30.0, -65.0])
 @pytest.mark.parametrize("kind", ["white", "pink", "hum", "clicks"])
 @pytest.mark.parametrize("engine", ENGINES)
-def test_noise_alone_is_not_speech(engine: str, kind: str):
+def test_noise_alone_is_not_speech(engine: str, kind: str, dbfs: float):
+    """Also quiet noise (-65 dBFS), which WebRTC hears raised by its level normalisation."""
     stage, events = make_stage(engine=engine)
-    frames = feed(stage, noise(kind))
+    frames = feed(stage, noise(kind, dbfs=dbfs))
     stage.close()
     assert events == []
     assert not any(f.side["speech"] for f in frames)
