@@ -33,7 +33,7 @@ CONFDIR ?= /etc/voxd
 DOCDIR ?= /usr/share/doc/voxd
 INSTALL_CONFIG ?= config/default.yaml
 
-.PHONY: help venv debs test lint demo bench clean install install-venv install-service uninstall
+.PHONY: help venv debs test lint demo bench bench-peers clean install install-venv install-service uninstall
 
 help:
 	@echo "make demo    set up, then run the daemon on demo/ with a subscriber writing $(DEMO_OUT)"
@@ -41,6 +41,7 @@ help:
 	@echo "make venv    install missing Debian packages ($(DEB_PACKAGES)) and $(VENV)"
 	@echo "make lint    ruff check ."
 	@echo "make bench   chain cost: bench/chain_bench.py --config $(BENCH_CONFIG)"
+	@echo "make bench-peers  voxd vs RNNoise, DeepFilterNet3, WebRTC NS, SpeexDSP, noisereduce -> bench/RESULTS.md"
 	@echo "make clean   remove $(VENV), $(DEMO_OUT) and caches"
 	@echo "make install the systemd service (root): venv in $(VOXD_HOME)/venv, $(BINDIR)/voxd, unit, user, config"
 	@echo "make uninstall  remove what make install put there (keeps $(CONFDIR) and the voxd user)"
@@ -71,6 +72,15 @@ demo: venv
 bench: venv
 	$(VENV)/bin/python bench/chain_bench.py --config $(BENCH_CONFIG) --input demo/respeaker4-kitchen.flac
 	$(VENV)/bin/python bench/capture_latency.py --seconds 20
+
+# The peer benchmark (bench/peers.py): the `bench` extra, the Debian tools the test set is made with
+# (flite, festival and its voices; ffmpeg decodes G.722), then the whole run with word error rates.
+# The test set and the outputs are cached outside the repository (bench/testset.py: default_cache).
+bench-peers: venv
+	$(VENV)/bin/python -m pip install --disable-pip-version-check -q -e '.[$(PIP_EXTRAS),bench]'
+	@PYTHON="$(PYTHON)" VENV="$(VENV)" tools/setup_debs.sh flite festival festvox-us-slt-hts festvox-kallpc16k \
+		festvox-kdlpc16k ffmpeg
+	nice -n 10 $(VENV)/bin/python bench/peers.py --wer
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) build dist .pytest_cache .ruff_cache .hypothesis
