@@ -44,7 +44,9 @@ and every audio file). Everything is seeded: a rebuild with the same packages gi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import importlib.metadata
 import importlib.util
 import itertools
 import json
@@ -785,12 +787,9 @@ def build(out: Path, cfg: SetConfig, speech: Speech, recorded: Recorded | None, 
 
         py = {"numpy": numpy.__version__, "scipy": scipy.__version__, "soxr": soxr.__version__,
               "soundfile": sf.__version__}
-        try:
-            import pyroomacoustics
-
-            py["pyroomacoustics"] = pyroomacoustics.__version__
-        except ImportError:
-            pass
+        # its metadata, not an import: pyroomacoustics imports sounddevice, which starts PortAudio
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            py["pyroomacoustics"] = importlib.metadata.version("pyroomacoustics")
         debs = speech.versions()
         if recorded is not None:
             debs |= recorded.versions() | {"ffmpeg": deb_version("ffmpeg")}

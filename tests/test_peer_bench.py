@@ -107,7 +107,12 @@ def test_plan_balances_kinds_and_snrs() -> None:
     assert len(set(texts)) == len(texts)  # no sentence twice as an item's first request
 
 
-def test_pyroomacoustics_room() -> None:
+def test_pyroomacoustics_room(monkeypatch: pytest.MonkeyPatch) -> None:
+    # pyroomacoustics imports sounddevice when it can (pocketsphinx installs it), and sounddevice
+    # initialises PortAudio at import: ALSA's configuration is then read once for the whole process,
+    # without the virtual microphone's environment, and tests/test_virtual_mic.py finds no device.
+    # Nothing here plays audio: hide sounddevice from this import.
+    monkeypatch.setitem(sys.modules, "sounddevice", None)
     cfg = testset.SetConfig(rt60_s=(0.3, 0.3), room_m=((3.5, 4.0), (3.0, 3.5), (2.5, 2.6)))
     room, _ = testset.place(cfg, np.random.default_rng(1), 1, preset_positions("respeaker-4mic-hat"), 0.3)
     r = testset.pra_rirs(room)
