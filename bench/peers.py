@@ -150,6 +150,24 @@ class Runner:
         raise NotImplementedError
 
 
+class FrameRunner(Runner):
+    """A peer that takes 10 ms int16 frames (bytes) and returns as many, ``DELAY`` samples late."""
+
+    DELAY = 0  # samples at 16 kHz
+    has_delay = True
+
+    def frames_10ms(self, x: np.ndarray, step: Callable[[bytes], bytes]) -> np.ndarray:
+        """``x`` float32 ``(n,)`` through ``step`` frame by frame (zero-padded by the delay and to whole
+        frames), back to float32 ``(n,)`` with the delay removed (unless ``compensate`` is off)."""
+        n = x.size + self.DELAY
+        pcm = np.zeros(-(-n // 160) * 160, np.int16)
+        pcm[: x.size] = to_i16(x)
+        raw = pcm.tobytes()
+        out = b"".join(step(raw[i : i + 320]) for i in range(0, len(raw), 320))
+        y = np.frombuffer(out, np.int16).astype(np.float32) / 32768.0
+        return fit(y[self.DELAY if self.compensate else 0 :], x.size)
+
+
 def fit(y: np.ndarray, n: int) -> np.ndarray:
     """``y`` cut or zero-padded to exactly ``n`` samples, float32."""
     y = np.asarray(y, np.float32)
@@ -229,11 +247,10 @@ class DeepFilterNet3(Runner):
         return fit(self.soxr.resample(fit(y48, x48.size), 48000, RATE, quality="VHQ"), x.size)
 
 
-class WebRtcNs(Runner):
+class WebRtcNs(FrameRunner):
     """WebRTC audio processing noise suppression on 10 ms int16 frames."""
 
     DELAY = 96  # samples at 16 kHz
-    has_delay = True
 
     def __init__(self) -> None:
         try:
@@ -247,20 +264,13 @@ class WebRtcNs(Runner):
         self.ap = self.cls(0, 4)  # auto gain 0 dBFS = off, noise suppression level 4
 
     def process(self, x: np.ndarray) -> np.ndarray:
-        n = x.size + self.DELAY
-        pcm = np.zeros(-(-n // 160) * 160, np.int16)
-        pcm[: x.size] = to_i16(x)
-        raw = pcm.tobytes()
-        out = b"".join(self.ap.Process10ms(raw[i : i + 320]).audio for i in range(0, len(raw), 320))
-        y = np.frombuffer(out, np.int16).astype(np.float32) / 32768.0
-        return fit(y[self.DELAY if self.compensate else 0 :], x.size)
+        return self.frames_10ms(x, lambda b: self.ap.Process10ms(b).audio)
 
 
-class Speex(Runner):
+class Speex(FrameRunner):
     """SpeexDSP's preprocessor denoiser on 10 ms int16 frames."""
 
     DELAY = 160  # samples at 16 kHz
-    has_delay = True
 
     def __init__(self) -> None:
         try:
@@ -274,13 +284,7 @@ class Speex(Runner):
         self.ns = self.cls.create(160, RATE)
 
     def process(self, x: np.ndarray) -> np.ndarray:
-        n = x.size + self.DELAY
-        pcm = np.zeros(-(-n // 160) * 160, np.int16)
-        pcm[: x.size] = to_i16(x)
-        raw = pcm.tobytes()
-        out = b"".join(self.ns.process(raw[i : i + 320]) for i in range(0, len(raw), 320))
-        y = np.frombuffer(out, np.int16).astype(np.float32) / 32768.0
-        return fit(y[self.DELAY if self.compensate else 0 :], x.size)
+        return self.frames_10ms(x, self.ns.process)
 
 
 class NoiseReduce(Runner):
