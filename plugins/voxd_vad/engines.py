@@ -218,10 +218,15 @@ class WebRtcEngine:
         self._peak = WindowedLevel(frame_ms / 1000, PEAK_WINDOW_S, peak=True)
         self._peak_target = 10.0 ** (PEAK_TARGET_DBFS / 10.0)
         self._max_gain = 10.0 ** (max_gain_db / 10.0)  # power ratio
-        self.gain_db = 0.0  #: the current gain of WebRTC's copy (dB)
+        self._gain = 1.0  # power gain of WebRTC's copy at the last unit
         self._voicing_min = voicing
         self._voicing = Voicing(rate, self.unit)
         self._prob_alpha = min(1.0, frame_ms / 1000 / PROB_WINDOW_S)
+
+    @property
+    def gain_db(self) -> float:
+        """The gain of the copy WebRTC heard last (dB; 0 before any audio): read on demand, not per unit."""
+        return 10.0 * math.log10(self._gain)
 
     def analyse(self, x: np.ndarray) -> tuple[bool, bool]:
         """``x``: float32 ``(unit,)``. Returns ``(weak, strong)``; updates ``prob``."""
@@ -232,7 +237,7 @@ class WebRtcEngine:
             gain = self._max_gain
         else:
             gain = max(1.0, self._peak_target / peak)
-        self.gain_db = 10.0 * math.log10(gain)
+        self._gain = gain
         # one conversion per sub-frame to the int16 WebRTC wants (truncating: the VAD does not care);
         # minimum/maximum rather than np.clip, whose Python-level wrapper costs more than the work
         c = self._clipped
@@ -256,7 +261,7 @@ class WebRtcEngine:
         self._vad = webrtcvad.Vad(self._aggressiveness)  # the binding has no reset: a fresh instance
         self._floor.reset()
         self._peak.reset()
-        self.gain_db = 0.0
+        self._gain = 1.0
         self._voicing.reset()
         self.prob = 0.0
 
