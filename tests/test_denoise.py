@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from voxd_denoise.stage import BINS, Denoise, open_session, state_size
+from voxd_denoise.inhouse import BINS, MODEL, state_size
+from voxd_denoise.session import model_bytes, open_session
+from voxd_denoise.stage import Denoise
 
 from voxd.chain import build_chain
 from voxd.config import load_config_text
@@ -67,7 +69,7 @@ def speechlike(n: int, seed: int = 1) -> np.ndarray:
 
 def offline(x: np.ndarray) -> np.ndarray:
     """The bundled model run directly with onnxruntime on voxd's STFT frames of mono ``x``."""
-    sess = open_session(None)
+    sess = open_session(model_bytes(None, MODEL))
     state = np.zeros((1, state_size(sess)), np.float32)
     an = StftAnalysis(1, N_FFT, HOP)
     out = []
@@ -175,7 +177,7 @@ def test_model_raising_bypasses_with_one_event():
     stage = next(n for n in chain.nodes if n.name == "denoise").stage
     assert isinstance(stage, Denoise)
     calls = {"n": 0}
-    run = stage._session.run
+    run = stage._model._session.run
 
     def flaky(*a, **k):
         calls["n"] += 1
@@ -183,7 +185,7 @@ def test_model_raising_bypasses_with_one_event():
             raise RuntimeError("boom")
         return run(*a, **k)
 
-    stage._session.run = flaky
+    stage._model._session.run = flaky
     y = spectra(chain, x)
     assert [t for t, _ in events] == ["stage_error"]
     assert events[0][1]["pts"] == 10 * HOP and "boom" in events[0][1]["error"]

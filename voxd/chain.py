@@ -317,10 +317,11 @@ def build_chain(loaded: LoadedConfig, input_channels: int) -> Chain:
             errors.append(loaded.error(("chain", spec.index), _no_array(spec)))
         if fmt is None:  # an earlier format error: keep checking the rest for other errors only
             continue
-        if spec.cls.domain is Domain.SPECTRAL and fmt.domain is Domain.TIME:
+        domain = spec.cls.domain_for(spec.params)
+        if domain is Domain.SPECTRAL and fmt.domain is Domain.TIME:
             nodes.append(AnalysisNode(fmt, n_fft))
             fmt = nodes[-1].out_format
-        elif spec.cls.domain is Domain.TIME and fmt.domain is Domain.SPECTRAL:
+        elif domain is Domain.TIME and fmt.domain is Domain.SPECTRAL:
             nodes.append(SynthesisNode(fmt))
             fmt = nodes[-1].out_format
         # Checked on the format the stage is offered: the positions describe the channels as they

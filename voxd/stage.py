@@ -80,6 +80,12 @@ class Stage:
     needs_geometry: ClassVar[bool] = False
 
     @classmethod
+    def domain_for(cls, params: StageParams) -> Domain:
+        """The domain ``process`` works in with these params (default: :attr:`domain`); a stage whose
+        engines differ (``denoise``) overrides it."""
+        return cls.domain
+
+    @classmethod
     def required_keys(cls, params: StageParams) -> tuple[str, ...]:
         """Side keys this stage needs with these params (default: :attr:`requires`)."""
         return cls.requires

