@@ -78,7 +78,8 @@ class System:
     ``input``: ``array`` (the 4 channels) or ``mic0`` (the reference mic). ``latency_ms``: algorithmic
     latency (output lag behind input before any compensation, without the frame buffering every
     block-based system adds); None for voxd (the chain declares it) and for offline systems
-    (``latency_note`` says why). ``config``: voxd config path relative to the repository.
+    (``latency_note`` says why). ``config``: voxd config path relative to the repository;
+    ``overrides``: ``--set PATH=VALUE`` items applied to it.
     """
 
     name: str
@@ -87,6 +88,7 @@ class System:
     input: str
     description: str
     config: str | None = None
+    overrides: tuple[str, ...] = ()
     package: str | None = None
     latency_ms: float | None = None
     latency_note: str = ""
@@ -132,6 +134,22 @@ SYSTEMS = (
            latency_note="offline: the noise floor is smoothed over +-2 s of the whole file (non-causal)"),
 )
 BY_NAME = {s.name: s for s in SYSTEMS}
+
+
+def candidate(spec: str) -> System:
+    """An ad-hoc voxd row from ``NAME=INPUT:CONFIG[;PATH=VALUE...]`` (``--candidate``; INPUT ``mic0`` or
+    ``array``), for sweeps, e.g.
+    ``dfn12=mic0:config/examples/denoise.yaml;chain.1.attenuation_limit_db=12``."""
+    try:
+        name, rest = spec.split("=", 1)
+        inp, rest = rest.split(":", 1)
+        config, *overrides = rest.split(";")
+    except ValueError:
+        raise SystemExit(f"peers: --candidate {spec!r}: expected NAME=INPUT:CONFIG[;PATH=VALUE...]") from None
+    if inp not in ("mic0", "array") or not name or name in {s.name for s in SYSTEMS}:
+        raise SystemExit(f"peers: --candidate {spec!r}: INPUT is mic0 or array, NAME a new name")
+    return System(name, name, "voxd", inp, f"{config} " + " ".join(f"--set {o}" for o in overrides),
+                  config=config, overrides=tuple(overrides))
 
 
 class Runner:
@@ -380,7 +398,8 @@ def read_items(set_dir: Path, ids: Sequence[str] | None = None) -> list[dict[str
     return [it for it in items if ids is None or it["id"] in ids]
 
 
-def worker(name: str, set_dir: Path, inputs: Path, out: Path, ids: Sequence[str], cpu: int) -> dict[str, Any]:
+def worker(name: str, set_dir: Path, inputs: Path, out: Path, ids: Sequence[str], cpu: int,
+           quick: bool = False) -> dict[str, Any]:
     """Run ``name`` on the items pinned to core ``cpu``; write ``out/<id>.wav`` and return the timing."""
     os.sched_setaffinity(0, {cpu})
     out.mkdir(parents=True, exist_ok=True)
@@ -388,7 +407,7 @@ def worker(name: str, set_dir: Path, inputs: Path, out: Path, ids: Sequence[str]
     items = read_items(set_dir, ids)
     paths = [set_dir / it["noisy"] if sys_.input == "array" else inputs / f"{it['id']}.wav" for it in items]
     if sys_.kind == "voxd":
-        return _voxd_worker(sys_, items, paths, out)
+        return _voxd_worker(sys_, items, paths, out, quick)
     c0 = time.process_time()
     runner = RUNNERS[name]()
     setup = time.process_time() - c0
@@ -426,16 +445,18 @@ def raw_latency_ms(runner: Runner, items: list[dict[str, Any]], paths: list[Path
     return system_lag(lags) / RATE * 1000
 
 
-def _voxd_worker(sys_: System, items: list[dict[str, Any]], paths: list[Path], out: Path) -> dict[str, Any]:
+def _voxd_worker(sys_: System, items: list[dict[str, Any]], paths: list[Path], out: Path,
+                 quick: bool = False) -> dict[str, Any]:
     """voxd: outputs with ``process_file`` (what ``voxd process`` writes); cost and latency with
-    ``voxd bench``'s measurement over all the inputs back to back."""
+    ``voxd bench``'s measurement over all the inputs back to back (``quick``: the ``process_file`` calls'
+    cost and the declared latency instead, for sweeps)."""
     from voxd.benchcmd import bench
     from voxd.config import load_config
     from voxd.process import process_file, write_wav
 
     assert sys_.config is not None
     config = str(ROOT / sys_.config)
-    loaded = load_config(config, [])
+    loaded = load_config(config, list(sys_.overrides))
     timing: dict[str, Any] = {}
     chunks = []
     for it, path in zip(items, paths, strict=True):
@@ -446,13 +467,21 @@ def _voxd_worker(sys_: System, items: list[dict[str, Any]], paths: list[Path], o
         x, _ = sf.read(path, dtype="float32", always_2d=True)
         chunks.append(x)
         timing[it["id"]] = {"cpu_s_whole_call": cpu_s, "wall_s": wall_s, "audio_s": x.shape[0] / RATE}
+    whole = rtf([t["cpu_s_whole_call"] for t in timing.values()], [t["audio_s"] for t in timing.values()])
+    if quick:
+        from voxd.chain import build_chain
+
+        delay_ms = build_chain(loaded, chunks[0].shape[1]).delay_samples / RATE * 1000
+        return {"items": timing, "rtf_cpu": whole, "rtf_cpu_process_file": whole, "quick": True,
+                "latency_declared_ms": delay_ms, "latency_measured_ms": None, "stages": [],
+                "peak_rss_mb": None}
     concat = out / "_all_inputs.wav"
     sf.write(concat, np.concatenate(chunks), RATE, subtype="FLOAT")
     try:
-        rep = bench(config, [], path=str(concat), seconds=sum(c.shape[0] for c in chunks) / RATE)
+        rep = bench(config, list(sys_.overrides), path=str(concat),
+                    seconds=sum(c.shape[0] for c in chunks) / RATE)
     finally:
         concat.unlink()
-    whole = rtf([t["cpu_s_whole_call"] for t in timing.values()], [t["audio_s"] for t in timing.values()])
     return {"items": timing, "rtf_cpu": rep["rtf_cpu"], "rtf_cpu_process_file": whole,
             "latency_declared_ms": rep["delay_ms"], "latency_measured_ms": rep["measured_delay_ms"],
             "stages": [{k: s[k] for k in ("name", "p50_us", "p99_us", "mean_us")} for s in rep["stages"]],
@@ -460,11 +489,13 @@ def _voxd_worker(sys_: System, items: list[dict[str, Any]], paths: list[Path], o
 
 
 def run_system(name: str, set_dir: Path, inputs: Path, out_root: Path, ids: Sequence[str],
-               cpu: int) -> dict[str, Any]:
+               cpu: int, candidates: Sequence[str] = (), quick: bool = False) -> dict[str, Any]:
     """Run one system in a child process; its timing, or ``{"unavailable": reason}``."""
     out = out_root / name
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--set", str(set_dir),
            "--inputs", str(inputs), "--out", str(out), "--ids", ",".join(ids), "--cpu", str(cpu)]
+    cmd += [f"--candidate={c}" for c in candidates if c.split("=", 1)[0] == name]
+    cmd += ["--quick"] if quick else []
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
     lines = (p.stderr.strip() or p.stdout.strip() or f"exit status {p.returncode}").splitlines()
@@ -582,15 +613,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--md", type=Path, default=HERE / "RESULTS.md")
     ap.add_argument("--results", type=Path, default=HERE / "results", help="JSON and plots")
     ap.add_argument("--reuse", action="store_true", help="keep outputs of systems already run on this set")
+    ap.add_argument("--set-dir", type=Path, default=None,
+                    help="score another set in the meta.jsonl layout (e.g. ../shared/bench/dev/asr) instead "
+                         "of the project's test set; systems that need 4 channels are not run on a mono set")
+    ap.add_argument("--quick", action="store_true",
+                    help="voxd rows: no `voxd bench` run (cost from the processing calls, declared latency)")
+    ap.add_argument("--candidate", action="append", default=[],
+                    help="an ad-hoc voxd row NAME=INPUT:CONFIG[;PATH=VALUE...] (repeatable; sweeps)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--set", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--inputs", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--ids", help=argparse.SUPPRESS)
     ap.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    for spec in a.candidate:
+        cand = candidate(spec)
+        BY_NAME[cand.name] = cand
     if a.worker:
         try:
-            t = worker(a.worker, a.set, a.inputs, a.out, a.ids.split(","), a.cpu)
+            t = worker(a.worker, a.set, a.inputs, a.out, a.ids.split(","), a.cpu, a.quick)
         except Unavailable as exc:
             print(f"unavailable: {exc}", file=sys.stderr)
             return UNAVAILABLE
@@ -614,10 +655,11 @@ def run(a: argparse.Namespace, argv: list[str] | None) -> int:
             print("peers: --wer needs bench/asr.py (not there)", file=sys.stderr)
             return 2
     t_start = time.perf_counter()
-    set_dir, manifest = testset.ensure(a.cache)
+    set_dir, manifest = external_set(a.set_dir) if a.set_dir else testset.ensure(a.cache)
     items = read_items(set_dir)[: a.items]
     ids = [it["id"] for it in items]
-    out_root = a.out or a.cache / "out"
+    out_root = a.out or a.cache / ("out" if a.set_dir is None else f"out-{set_dir.name}")
+    multichannel = sf.info(str(set_dir / items[0]["noisy"])).channels > 1
     inputs = out_root / "_inputs"
     inputs.mkdir(parents=True, exist_ok=True)
     for it in items:  # mic 0 as 16-bit WAV: what the mono systems get (lossless: the set is 16-bit)
@@ -632,8 +674,11 @@ def run(a: argparse.Namespace, argv: list[str] | None) -> int:
             timings[name] = json.loads(done.read_text())
             print(f"peers: {name}: reused", file=sys.stderr)
             continue
+        if BY_NAME[name].input == "array" and not multichannel:
+            timings[name] = {"unavailable": "needs the multichannel set"}
+            continue
         print(f"peers: running {name} on {len(items)} items (core {cpu})", file=sys.stderr)
-        timings[name] = run_system(name, set_dir, inputs, out_root, ids, cpu)
+        timings[name] = run_system(name, set_dir, inputs, out_root, ids, cpu, a.candidate, a.quick)
         if "unavailable" in timings[name]:
             print(f"peers: {name}: not run: {timings[name]['unavailable']}", file=sys.stderr)
         else:
@@ -655,6 +700,18 @@ def run(a: argparse.Namespace, argv: list[str] | None) -> int:
     a.md.write_text(markdown(report, plots, a.md.parent), encoding="utf-8")
     print(f"peers: wrote {a.md} and {a.results}/ in {time.perf_counter() - t_start:.0f} s", file=sys.stderr)
     return 0
+
+
+def external_set(set_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """A set in the meta.jsonl layout that this script did not build, with a manifest-like record."""
+    import hashlib
+
+    set_dir = set_dir.resolve()
+    meta = (set_dir / "meta.jsonl").read_bytes()
+    n = len([line for line in meta.splitlines() if line.strip()])
+    return set_dir, {"set_sha256": hashlib.sha256(meta).hexdigest(), "generator": f"external: {set_dir}",
+                     "seed": None, "n_items": n, "debian_packages": {}, "python_packages": {},
+                     "external": True}
 
 
 def run_wer(asr: ModuleType, names: list[str], items: list[dict[str, Any]], set_dir: Path,
@@ -779,7 +836,8 @@ def build_report(a: argparse.Namespace, argv: list[str] | None, names: list[str]
         "threads": {v: os.environ.get(v) for v in THREAD_VARS}, "git": git_rev(), "versions": versions(),
         "elapsed_s": round(elapsed_s, 1), "outputs": str(out_root),
         "results_dir": str(a.results),
-        "set": {"dir": str(a.cache / "set"),
+        "set": {"dir": str(a.set_dir.resolve() if a.set_dir else a.cache / "set"),
+                "external": bool(manifest.get("external")),
                 "set_sha256": manifest["set_sha256"], "generator": manifest["generator"],
                 "seed": manifest["seed"], "n_items": len(items),
                 "debian_packages": manifest["debian_packages"],
@@ -788,9 +846,9 @@ def build_report(a: argparse.Namespace, argv: list[str] | None, names: list[str]
         "systems": systems, "clean_wer": clean_wer, "clean_wer_counts": clean_counts,
         "clean_wer_items": clean_items,
         "per_snr": group("snr_db"), "per_kind": group("noise_kind"),
-        "items": {it["id"]: {k: it[k] for k in ("snr_db", "noise_kind", "noise_sub", "speaker", "text",
-                                                 "duration_s", "rt60_s", "target_distance_m",
-                                                 "target_azimuth_deg")} for it in items},
+        "items": {it["id"]: {k: it.get(k) for k in ("snr_db", "noise_kind", "noise_sub", "speaker", "text",
+                                                     "duration_s", "rt60_s", "target_distance_m",
+                                                     "target_azimuth_deg")} for it in items},
     }
 
 
@@ -901,6 +959,9 @@ INTRO = (
     "hum) plus a little diffuse noise and mic self-noise; SNR -5..20 dB at mic 0. Reference: the talker's "
     "direct path + 50 ms of early reflections at mic 0. Array systems get the 4 channels, the others mic 0. "
     "Recipe and sources: `bench/testset.py`.")
+EXTERNAL_INTRO = (
+    "A set in the meta.jsonl layout of `../shared/bench` (its README describes it); mono: the systems that "
+    "need the 4 channels are not run on it, every system gets channel 0.")
 TABLE_NOTE = (
     "Means over the items; Δ = mean paired difference to `noisy` (mic 0 as captured). CPU RTF = CPU "
     "seconds per audio second on one core. Latency = algorithmic latency in ms, declared (voxd: by its "
@@ -968,10 +1029,14 @@ def markdown(report: dict[str, Any], plots: list[str], md_dir: Path) -> str:
          "thread pools at 1",
          f"- voxd {report['versions']['voxd']}, git {report['git']}",
          f"- packages: {pkgs}",
-         f"- test set: `bench/testset.py` ({st['generator']}, seed {st['seed']}): {st['n_items']} items, "
-         f"{st['audio_s']:.0f} s of audio, set sha256 `{st['set_sha256']}`",
-         "- Debian packages of the set: " + ", ".join(f"{k} {v}" for k, v in st["debian_packages"].items()),
-         "", "## Test set", "", INTRO, "", "## Results", "", TABLE_NOTE, ""]
+         *([f"- set: `{st['dir']}` (not built here): {st['n_items']} items, {st['audio_s']:.0f} s of audio, "
+            f"meta.jsonl sha256 `{st['set_sha256']}`"] if st.get("external") else
+           [f"- test set: `bench/testset.py` ({st['generator']}, seed {st['seed']}): {st['n_items']} items, "
+            f"{st['audio_s']:.0f} s of audio, set sha256 `{st['set_sha256']}`",
+            "- Debian packages of the set: "
+            + ", ".join(f"{k} {v}" for k, v in st["debian_packages"].items())]),
+         "", "## Test set", "", EXTERNAL_INTRO if st.get("external") else INTRO, "", "## Results", "",
+         TABLE_NOTE, ""]
     head = ("| system | input | PESQ | ΔPESQ | STOI | ΔSTOI | SI-SDR dB | ΔSI-SDR | CPU RTF | latency ms "
             "| lag ms |")
     sep = "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"

@@ -21,12 +21,14 @@ and the same items serve quality metrics (PESQ-WB, STOI, SI-SDR) and word error 
   ``babble`` (four flite/festival talkers at four places, saying :data:`BABBLE` sentences, never the
   target's voice), ``music`` (extremetuxracer-data music), ``wind`` (lugaru-data ambiences),
   ``rumble`` (extremetuxracer-data slide sounds: broadband rushing), ``talker`` (a real English talker,
-  asterisk-core-sounds-en-g722 prompts, like a TV or radio voice), ``fan`` (synthetic: coloured noise
-  with a blade-pass flutter and mains hum). None of these packages is used by the denoiser's training
-  (``plugins/voxd_denoise/train/README.md``) nor by ``../shared/bench/dev``. The packages are fetched
-  with ``apt-get download`` + ``dpkg-deb -x`` into the cache (``prepare_data.fetch``), never installed;
-  flite, festival and its voices and ffmpeg (G.722 decoding) must be installed (``make bench-peers``
-  does it).
+  the tutorial voice of warzone2100-data, like a TV or radio voice), ``fan`` (synthetic: coloured noise
+  with a blade-pass flutter and mains hum). None of these packages is used by the denoisers' training
+  (``plugins/voxd_denoise/train/README.md``, ``train/denoise/README.md``) nor by ``../shared/bench/dev``,
+  and none is reserved for evaluation by the project's issues (generator 2 took its talker from
+  asterisk-core-sounds-en-g722, which issue 15 reserved). The packages are fetched with ``apt-get
+  download`` + ``dpkg-deb -x`` into the cache (``prepare_data.fetch``), never installed; game archives
+  (``*.wz``: zip) are unpacked beside themselves; flite, festival and its voices must be installed
+  (``make bench-peers`` does it).
 - **levels**: SNR (``snr_db``) in {-5, 0, 5, 10, 15, 20} dB at mic 0: the active level of the talker's
   whole reverberant image over the frames where the reference is active, against the power of all noise
   (point sources, diffuse, self-noise) over the item (also ``snr_total_db``; ``sir_db``: against the point
@@ -69,7 +71,7 @@ from scipy.signal import fftconvolve, istft, stft
 
 from voxd.geometry import SPEED_OF_SOUND, mic_azimuths_deg, preset_positions
 
-GENERATOR = "voxd bench/testset.py 2"  # bump when the recipe changes: the cache is rebuilt
+GENERATOR = "voxd bench/testset.py 3"  # bump when the recipe changes: the cache is rebuilt
 RATE = 16000
 GEOMETRY = "respeaker-4mic-hat"
 EARLY_MS = 50.0  # reference = direct path + reflections up to this long after it
@@ -190,7 +192,7 @@ RECORDED = {
     "music": ("extremetuxracer-data", r"usr/share/games/etr/music/[^/]+\.ogg$"),
     "rumble": ("extremetuxracer-data", r"usr/share/games/etr/sounds/[^/]+_slide\.wav$"),
     "wind": ("lugaru-data", r"usr/share/games/lugaru/Sounds/(Wind|DesertAmbient)\.ogg$"),
-    "talker": ("asterisk-core-sounds-en-g722", r"usr/share/asterisk/sounds/en_US_f_Allison/[^/]+\.g722$"),
+    "talker": ("warzone2100-data", r"usr/share/games/warzone2100/base\.wz\.d/audio/tutorial/tut\d+\.ogg$"),
 }
 
 
@@ -295,6 +297,20 @@ class Tts:
         return {p: deb_version(p) for p in sorted({"festival", *(v.package for v in self.voices)})}
 
 
+def unpack_archives(base: Path) -> None:
+    """Unpack every game archive (``*.wz``, a zip) under ``base`` into ``<archive>.d/`` (once)."""
+    import zipfile
+
+    for wz in sorted(base.rglob("*.wz")):
+        done = wz.with_name(wz.name + ".d")
+        if not done.is_dir():
+            tmp = wz.with_name(wz.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            with zipfile.ZipFile(wz) as z:
+                z.extractall(tmp)
+            tmp.rename(done)
+
+
 class DebianNoise:
     """The recorded noises of :data:`RECORDED`, from packages fetched into ``cache/src``."""
 
@@ -304,6 +320,8 @@ class DebianNoise:
         packages = sorted({RECORDED[k][0] for k in kinds if k in RECORDED})
         self._versions = pd.fetch(cache / "src", packages) if packages else {}
         self.base = cache / "src" / "pkgs"
+        for package in packages:
+            unpack_archives(self.base / package)
         self.files: dict[str, list[Path]] = {}
         for k in kinds:
             if k not in RECORDED:
@@ -318,15 +336,13 @@ class DebianNoise:
         self._audio: dict[Path, np.ndarray] = {}
 
     def _load(self, path: Path) -> np.ndarray:
-        if path not in self._audio:
-            if path.suffix == ".g722":  # 16 kHz G.722: libsndfile cannot read it, ffmpeg can
-                cmd = ["ffmpeg", "-v", "error", "-f", "g722", "-i", str(path), "-ar", str(RATE), "-ac", "1",
-                       "-f", "f32le", "-"]
-                raw = subprocess.run(cmd, capture_output=True, check=True).stdout
-                self._audio[path] = trim_silence(np.frombuffer(raw, np.float32).copy())
-            else:
-                self._audio[path] = self._decode(path)
+        if path not in self._audio:  # voice prompts carry silence at both ends: the pauses are ours
+            x = self._decode(path)
+            self._audio[path] = trim_silence(x) if self._is_voice(path) else x
         return self._audio[path]
+
+    def _is_voice(self, path: Path) -> bool:
+        return path.is_relative_to(self.base / RECORDED["talker"][0])
 
     def segment(self, kind: str, n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[dict[str, Any]]]:
         files = self.files[kind]
@@ -792,7 +808,7 @@ def build(out: Path, cfg: SetConfig, speech: Speech, recorded: Recorded | None, 
             py["pyroomacoustics"] = importlib.metadata.version("pyroomacoustics")
         debs = speech.versions()
         if recorded is not None:
-            debs |= recorded.versions() | {"ffmpeg": deb_version("ffmpeg")}
+            debs |= recorded.versions()
         manifest = {"generator": GENERATOR, "seed": cfg.seed, "n_items": cfg.n_items,
                     "kinds": list(cfg.kinds), "snrs_db": list(cfg.snrs_db), "geometry": GEOMETRY,
                     "rate": RATE, "debian_packages": debs,

@@ -5,9 +5,11 @@ its own algorithmic delay. :class:`FramedRunner` hides all three behind the chai
 hop of ``(channels, hop)`` float32 samples in, one hop out, output lagging input by exactly
 :attr:`FramedRunner.delay` samples at the chain rate:
 
-- the hop is converted to the engine's rate (:class:`voxd.resample.FirResampler` for integer ratios:
-  it returns every block at once and delays the signal by 1.5 ms each way; soxr otherwise), fed to one
-  engine per channel, and the engine's output converted back;
+- the hop is converted to the engine's rate, fed to one engine per channel, and the engine's output
+  converted back. ``resampler="fir"``: :class:`voxd.resample.FirResampler` for integer ratios (it
+  returns every block at once and delays the signal by 1.5 ms each way; soxr "HQ" for other ratios).
+  ``resampler="soxr"``: soxr "VHQ" both ways, what offline tools use (the outputs then equal theirs),
+  at the cost of the 75 ms that each of its streams holds back;
 - the engine emits whole frames, so what comes back per hop varies: the output goes through a FIFO
   that starts with ``prefill`` zeros, the smallest prefill that never runs dry, found once by
   replaying the sample counts (:func:`prefill_for`);
@@ -67,34 +69,36 @@ class Resampler(Protocol):
     def reset(self) -> None: ...
 
 
-def resampler(in_rate: int, out_rate: int, channels: int) -> Resampler | None:
-    """None for equal rates, a :class:`FirResampler` for an integer ratio, else soxr."""
+def resampler(in_rate: int, out_rate: int, channels: int, kind: str = "fir") -> Resampler | None:
+    """None for equal rates; for ``kind`` "fir" a :class:`FirResampler` for an integer ratio, else soxr
+    "HQ"; for ``kind`` "soxr" soxr "VHQ"."""
     if in_rate == out_rate:
         return None
-    if max(in_rate, out_rate) % min(in_rate, out_rate) == 0:
+    if kind == "fir" and max(in_rate, out_rate) % min(in_rate, out_rate) == 0:
         return FirResampler(in_rate, out_rate, channels)
-    return StreamResampler(in_rate, out_rate, channels)
+    return StreamResampler(in_rate, out_rate, channels, quality="VHQ" if kind == "soxr" else "HQ")
 
 
-def runner_delay(rate: int, hop: int, engine_rate: int, frame: int, engine_delay: int) -> tuple[int, int]:
+def runner_delay(rate: int, hop: int, engine_rate: int, frame: int, engine_delay: int,
+                 kind: str = "fir") -> tuple[int, int]:
     """``(delay, prefill)`` of a runner at chain ``rate`` with this ``hop`` for an engine of this rate,
-    frame and delay: both in samples at ``rate``. ValueError when the delay is not a whole number of
-    samples there."""
-    up, down = resampler(rate, engine_rate, 1), resampler(engine_rate, rate, 1)
+    frame and delay, with resamplers of ``kind``: both in samples at ``rate``. ValueError when the delay
+    is not a whole number of samples there."""
+    up, down = resampler(rate, engine_rate, 1, kind), resampler(engine_rate, rate, 1, kind)
     signal_s = Fraction(engine_delay, engine_rate) + sum(
         (r.delay_s for r in (up, down) if r is not None), Fraction(0))
     own = signal_s * rate
     if own.denominator != 1:
         raise ValueError(f"its delay of {engine_delay} samples at {engine_rate} Hz (with resampling) is "
                          f"not a whole number of samples at {rate} Hz")
-    prefill = prefill_for(rate, hop, engine_rate, frame)[0]
+    prefill = prefill_for(rate, hop, engine_rate, frame, kind)[0]
     return prefill + int(own), prefill
 
 
-def prefill_for(rate: int, hop: int, engine_rate: int, frame: int) -> tuple[int, int]:
+def prefill_for(rate: int, hop: int, engine_rate: int, frame: int, kind: str = "fir") -> tuple[int, int]:
     """``(prefill, capacity)``: the FIFO's initial zeros so that it never runs dry when one ``hop`` is
     taken per hop given, and the most samples it ever holds (both at the chain ``rate``)."""
-    up, down = resampler(rate, engine_rate, 1), resampler(engine_rate, rate, 1)
+    up, down = resampler(rate, engine_rate, 1, kind), resampler(engine_rate, rate, 1, kind)
     fed = made = 0  # engine-rate samples fed to the engine; chain-rate samples out of the runner
     shortfall = surplus = 0
     zeros = np.zeros((1, hop), np.float32)
@@ -129,16 +133,19 @@ class DelayLine:
 
 class FramedRunner:
     """``(channels, hop)`` blocks at the chain ``rate`` through one :class:`TimeEngine` per channel
-    (``make_engine()`` builds one), output lagging input by exactly :attr:`delay` samples."""
+    (``make_engine()`` builds one), output lagging input by exactly :attr:`delay` samples; ``kind``:
+    the resamplers (see :func:`resampler`)."""
 
-    def __init__(self, make_engine: Callable[[], TimeEngine], channels: int, rate: int, hop: int) -> None:
+    def __init__(self, make_engine: Callable[[], TimeEngine], channels: int, rate: int, hop: int,
+                 kind: str = "fir") -> None:
         self.engines = [make_engine() for _ in range(channels)]
         eng = self.engines[0]
         self.channels, self.rate, self.hop = channels, rate, hop
-        self.delay, self.prefill = runner_delay(rate, hop, eng.rate, eng.frame, eng.delay)
-        self._fifo = np.zeros((channels, prefill_for(rate, hop, eng.rate, eng.frame)[1]), np.float32)
-        self._up = resampler(rate, eng.rate, channels)
-        self._down = resampler(eng.rate, rate, channels)
+        self.delay, self.prefill = runner_delay(rate, hop, eng.rate, eng.frame, eng.delay, kind)
+        capacity = prefill_for(rate, hop, eng.rate, eng.frame, kind)[1]
+        self._fifo = np.zeros((channels, capacity), np.float32)
+        self._up = resampler(rate, eng.rate, channels, kind)
+        self._down = resampler(eng.rate, rate, channels, kind)
         self._fill = self.prefill
 
     def reset(self) -> None:

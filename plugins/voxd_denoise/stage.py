@@ -19,7 +19,8 @@ magnitudes clipped at 100) before an engine sees them, and the output is always 
   ``attenuation_limit_db`` raises each bin's complex gain ``enh / x`` to at least ``-limit`` dB, its
   phase kept.
 - The time-domain engines run in :class:`voxd_denoise.framed.FramedRunner`: resampled to their own
-  rate inside the stage (a streaming FIR for 16 <-> 48 kHz), framed to their own frame size, with a
+  rate inside the stage (``resampler``: a streaming FIR for 16 <-> 48 kHz, or soxr VHQ as offline
+  tools use, with 150 ms more delay), framed to their own frame size, with a
   constant declared delay (the engine's own, the resampling's and the buffering's:
   :attr:`Denoise.delay_samples`) that the chain removes.
   ``attenuation_limit_db`` is DeepFilterNet's definition: the output is ``(1 - l)`` enhanced plus
@@ -56,7 +57,7 @@ TIME_ENGINES: dict[str, type[Any]] = {"dfn3": dfn3.Dfn3, "rnnoise": rnnoise.Rnno
 PACKAGES = {"dfn3": (dfn3.PACKAGE, dfn3.DIST, dfn3.EXTRA),
             "rnnoise": (rnnoise.PACKAGE, rnnoise.DIST, rnnoise.EXTRA)}
 #: parameters that only some engines take
-ENGINE_ONLY = {"model": ("voxd", "gtcrn"), "post_filter_beta": ("dfn3",)}
+ENGINE_ONLY = {"model": ("voxd", "gtcrn"), "post_filter_beta": ("dfn3",), "resampler": ("dfn3", "rnnoise")}
 
 
 class DenoiseParams(StageParams):
@@ -74,6 +75,9 @@ class DenoiseParams(StageParams):
                                                 "interface; default: the bundled model")
     post_filter_beta: float = Field(0.0, ge=0.0, le=1.0, description="dfn3: DeepFilterNet's post-filter "
                                     "strength (0 = off; its authors suggest about 0.02)")
+    resampler: Literal["fir", "soxr"] = Field(
+        "fir", description="dfn3, rnnoise (48 kHz engines): 'fir' (a 3 ms linear-phase FIR there and back) "
+        "or 'soxr' (soxr VHQ as offline tools use: the same output as theirs, 150 ms more delay)")
 
     @field_validator("model")
     @classmethod
@@ -123,7 +127,8 @@ class Denoise(Stage):
             return fmt
         cls = TIME_ENGINES[engine]
         try:
-            self._delay = runner_delay(fmt.rate, fmt.frame, cls.rate, cls.frame, cls.delay)[0]
+            self._delay = runner_delay(fmt.rate, fmt.frame, cls.rate, cls.frame, cls.delay,
+                                       self.params.resampler)[0]
         except ValueError as exc:
             raise FormatError(f"engine {engine} cannot run at a chain rate of {fmt.rate} Hz: {exc}") from None
         return fmt
@@ -154,7 +159,8 @@ class Denoise(Stage):
             if p.engine == "voxd":
                 self._model = InHouseModel(p.model, fmt.channels)
             else:
-                self._runner = FramedRunner(self._engine_factory(), fmt.channels, fmt.rate, fmt.frame)
+                self._runner = FramedRunner(self._engine_factory(), fmt.channels, fmt.rate, fmt.frame,
+                                            p.resampler)
                 assert self._runner.delay == self._delay, (self._runner.delay, self._delay)
         except Exception as exc:
             self._fail(0, exc)
