@@ -17,6 +17,8 @@ from voxd_denoise.session import model_bytes, open_session
 MODEL = "models/denoise.onnx"
 RATE, N_FFT = 16000, 320
 BINS = N_FFT // 2 + 1
+#: the outputs the stage reads, by name: a model may have more (v2 adds the per-bin ``gain``)
+OUTPUTS = ["enh", "state_out"]
 
 
 def state_size(session: Any) -> int:
@@ -44,7 +46,7 @@ class InHouseModel:
         for c in range(x.shape[0]):
             inp[0, :, 0] = x[c].real
             inp[0, :, 1] = x[c].imag
-            out, state = sess.run(None, {"spec": inp, "state": self._states[c]})
+            out, state = sess.run(OUTPUTS, {"spec": inp, "state": self._states[c]})
             if not (np.isfinite(out).all() and np.isfinite(state).all()):
                 raise FloatingPointError("the model returned non-finite values")
             self._states[c] = state
