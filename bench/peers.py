@@ -714,6 +714,33 @@ def external_set(set_dir: Path) -> tuple[Path, dict[str, Any]]:
                      "external": True}
 
 
+def transcripts_key(paths: Sequence[Path], recognizer: str) -> str:
+    """A hash of the audio files a recognizer transcribes (names and bytes) and of the recognizer's
+    package version."""
+    import hashlib
+
+    package = {"pocketsphinx": "pocketsphinx", "whisper": "faster-whisper"}.get(recognizer, recognizer)
+    try:
+        version = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        version = "?"
+    h = hashlib.sha256(f"{recognizer} {version}".encode())
+    for p in paths:
+        h.update(p.name.encode())
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def cached_transcripts(cache: Path, paths: Sequence[Path], recognizer: str) -> list[str] | None:
+    """The transcripts saved in ``cache`` when they were made from exactly these files, else None
+    (``--reuse`` keeps outputs; their transcripts are kept with them, per recognizer)."""
+    try:
+        saved = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return list(saved["hyps"]) if saved.get("key") == transcripts_key(paths, recognizer) else None
+
+
 def run_wer(asr: ModuleType, names: list[str], items: list[dict[str, Any]], set_dir: Path,
             out_root: Path) -> dict[str, dict[str, Any]]:
     """Transcripts and word error rates of every system's output, and of the reference (a floor), through
@@ -729,14 +756,20 @@ def run_wer(asr: ModuleType, names: list[str], items: list[dict[str, Any]], set_
             continue
         res[rname] = {}
         for name in ["clean", *names]:
-            print(f"peers: WER {rname} {name}", file=sys.stderr)
             t0 = time.perf_counter()
-            hyps = []
-            for it in items:
-                path = set_dir / it["clean"] if name == "clean" else out_root / name / f"{it['id']}.wav"
-                x, rate = sf.read(path, dtype="float32", always_2d=True)
-                assert rate == RATE
-                hyps.append(str(rec.transcribe(np.ascontiguousarray(x[:, 0]))))
+            paths = [set_dir / it["clean"] if name == "clean" else out_root / name / f"{it['id']}.wav"
+                     for it in items]
+            cache = out_root / ("_clean" if name == "clean" else name) / f"_transcripts_{rname}.json"
+            hyps = cached_transcripts(cache, paths, rname)
+            if hyps is None:
+                hyps = []
+                for path in paths:
+                    x, rate = sf.read(path, dtype="float32", always_2d=True)
+                    assert rate == RATE
+                    hyps.append(str(rec.transcribe(np.ascontiguousarray(x[:, 0]))))
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                cache.write_text(json.dumps({"key": transcripts_key(paths, rname), "hyps": hyps}),
+                                 encoding="utf-8")
             per = {}
             for it, r, h in zip(items, refs, hyps, strict=True):
                 c = asr.wer([r], [h])
@@ -746,6 +779,7 @@ def run_wer(asr: ModuleType, names: list[str], items: list[dict[str, Any]], set_
             corpus = asr.wer(refs, hyps)
             res[rname][name] = {"wer": 100.0 * float(corpus["wer"]), "counts": corpus, "items": per,
                                 "wall_s": round(time.perf_counter() - t0, 1)}
+            print(f"peers: WER {rname} {name}: {100.0 * float(corpus['wer']):.1f} %", file=sys.stderr)
     return res
 
 
