@@ -41,6 +41,10 @@ from voxd.wire import TOPIC_AUDIO, TOPIC_EVENT, AudioMessage, Message, WireError
 
 __all__ = ["Subscriber", "client_curve_keys"]
 
+#: The largest message part a Subscriber accepts (bytes): far above any real frame (1 s of 64-channel
+#: f32le audio at 48 kHz is 12 MB), far below what would hurt the machine.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
 _HANDSHAKE_EVENTS = (
     zmq.EVENT_HANDSHAKE_FAILED_AUTH
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -128,6 +132,9 @@ class Subscriber:
         try:
             self._socket.setsockopt(zmq.RCVHWM, hwm)
             self._socket.setsockopt(zmq.LINGER, 0)
+            # A peer that sends a message part larger than this is disconnected by ZeroMQ before the
+            # part is buffered: a hostile publisher cannot make this client allocate without bound.
+            self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
             if curve is not None:
                 self._socket.setsockopt(zmq.CURVE_SERVERKEY, curve[0])
                 self._socket.setsockopt(zmq.CURVE_PUBLICKEY, curve[1])
@@ -184,6 +191,10 @@ class Subscriber:
                 # A corrupt or foreign message must not take a long-running client down.
                 self.bad += 1
                 self.last_error = str(e)
+                continue
+            except Exception as e:  # a decode bug must not take it down either: skip, count, say why
+                self.bad += 1
+                self.last_error = f"undecodable message ({type(e).__name__}: {e})"[:200]
                 continue
             self._track(msg)
             self.received += 1

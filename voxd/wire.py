@@ -382,7 +382,7 @@ def decode(parts: list[bytes]) -> Message:
 def _decode_audio(topic: str, header: dict[str, Any], payload: bytes) -> AudioMessage:
     fmt = header.get("format")
     if not isinstance(fmt, str):
-        raise WireError(f"header field 'format' must be a string, got {fmt!r}")
+        raise WireError(f"header field 'format' must be a string, got {_short(fmt)}")
     width = sample_width(fmt)
     channels = _int(header, "channels", 1, _MAX_CHANNELS)
     n = _int(header, "samples", 0)
@@ -393,7 +393,7 @@ def _decode_audio(topic: str, header: dict[str, Any], payload: bytes) -> AudioMe
         )
     speech = header.get("speech")
     if not isinstance(speech, bool):
-        raise WireError(f"header field 'speech' must be a bool, got {speech!r}")
+        raise WireError(f"header field 'speech' must be a bool, got {_short(speech)}")
     pcm = bytes(payload)
     return AudioMessage(
         topic=topic,
@@ -414,7 +414,7 @@ def _decode_audio(topic: str, header: dict[str, Any], payload: bytes) -> AudioMe
 def _decode_event(topic: str, header: dict[str, Any]) -> EventMessage:
     kind = header.get("type")
     if not isinstance(kind, str) or not kind:
-        raise WireError(f"event header field 'type' must be a non-empty string, got {kind!r}")
+        raise WireError(f"event header field 'type' must be a non-empty string, got {_short(kind)}")
     seq = header.get("seq")
     if seq is not None:
         seq = _int(header, "seq", 0)
@@ -450,7 +450,7 @@ def _header(part: bytes) -> dict[str, Any]:
 def _str(header: dict[str, Any], key: str) -> str:
     value = header.get(key)
     if not isinstance(value, str):
-        raise WireError(f"header field {key!r} must be a string, got {value!r}")
+        raise WireError(f"header field {key!r} must be a string, got {_short(value)}")
     return value
 
 
@@ -458,12 +458,25 @@ def _int(header: dict[str, Any], key: str, lo: int, hi: int | None = None) -> in
     value = header.get(key)
     if type(value) is not int or value < lo or (hi is not None and value > hi):
         bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise WireError(f"header field {key!r} must be an integer {bound}, got {value!r}")
+        raise WireError(f"header field {key!r} must be an integer {bound}, got {_short(value)}")
     return value
 
 
 def _num(header: dict[str, Any], key: str) -> float:
     value = header.get(key)
-    if type(value) not in (int, float) or not math.isfinite(value):
-        raise WireError(f"header field {key!r} must be a finite number, got {value!r}")
-    return float(value)
+    try:
+        # float() of a JSON integer beyond float range (a 401-digit ``t``) raises OverflowError
+        number = float(value) if type(value) in (int, float) else math.nan
+    except OverflowError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise WireError(f"header field {key!r} must be a finite number, got {_short(value)}")
+    return number
+
+
+def _short(value: Any) -> str:
+    """``repr`` of a header value, cut to 40 characters: error messages stay one short line."""
+    if type(value) is int and abs(value) > 10**30:
+        return f"an integer of {len(str(abs(value)))} digits"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
