@@ -1,4 +1,11 @@
-"""A WAV/FLAC/OGG file as a source (anything libsndfile reads, any channel count and rate)."""
+"""A WAV/FLAC/OGG file as a source (anything libsndfile reads, any channel count and rate).
+
+Every way a file can fail to decode is one :class:`~voxd.errors.InputError` naming the file: missing
+(66), or unreadable (65: not audio, a header with an impossible rate or channel count, or a body that
+stops decoding part way, as a truncated or corrupt FLAC does). libsndfile raises its own
+``LibsndfileError`` (a RuntimeError) for most of these, but a hostile header can also make it, or the
+reader around it, raise ValueError, TypeError or MemoryError (found by ``tests/test_fuzz_audio.py``).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,27 @@ import soundfile as sf
 from voxd.errors import EX_DATAERR, InputError
 from voxd.sources.base import Block, Source
 
+#: What libsndfile may report that we accept: rates (Hz) and channel counts of real recordings. A header
+#: outside these is corrupt (and a rate of 0 would divide by zero downstream).
+MIN_RATE, MAX_RATE = 1000, 768_000
+MAX_CHANNELS = 1024
+
+#: The exceptions reading a hostile or damaged file has been seen to raise (see the module docstring).
+DECODE_ERRORS = (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError, MemoryError, EOFError)
+
+
+def _unreadable(path: str, exc: BaseException | str) -> InputError:
+    reason = exc if isinstance(exc, str) else (str(exc).strip() or type(exc).__name__)
+    return InputError(f"{path}: cannot read audio: {reason}", EX_DATAERR)
+
+
+def _check_format(path: str, rate: int, channels: int) -> None:
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise _unreadable(path, f"sample rate {rate} Hz is outside {MIN_RATE}-{MAX_RATE} Hz (a damaged "
+                                "header?)")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise _unreadable(path, f"{channels} channels is outside 1-{MAX_CHANNELS} (a damaged header?)")
+
 
 def file_info(path: str) -> tuple[int, int]:
     """(rate Hz, channels) of an audio file, or :class:`InputError` naming the file."""
@@ -18,20 +46,21 @@ def file_info(path: str) -> tuple[int, int]:
         raise InputError(f"{path}: no such file")
     try:
         info = sf.info(path)
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise InputError(f"{path}: cannot read audio: {exc}", EX_DATAERR) from None
-    return int(info.samplerate), int(info.channels)
+        rate, channels = int(info.samplerate), int(info.channels)
+    except DECODE_ERRORS as exc:
+        raise _unreadable(path, exc) from None
+    _check_format(path, rate, channels)
+    return rate, channels
 
 
 def read_audio(path: str) -> tuple[np.ndarray, int]:
     """A whole audio file as float32 ``(channels, n)`` and its rate (Hz); a missing file is
     :class:`InputError` 66, an unreadable one 65, each naming the file."""
-    if not os.path.exists(path):
-        raise InputError(f"{path}: no such file")
+    rate, _ = file_info(path)
     try:
         data, rate = sf.read(path, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise InputError(f"{path}: cannot read audio: {exc}", EX_DATAERR) from None
+    except DECODE_ERRORS as exc:
+        raise _unreadable(path, exc) from None
     return np.ascontiguousarray(data.T), int(rate)
 
 
@@ -54,8 +83,8 @@ class FileSource(Source):
         self.rate, self.channels = file_info(self.path)
         try:
             self._file = sf.SoundFile(self.path)
-        except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-            raise InputError(f"{self.path}: cannot read audio: {exc}", EX_DATAERR) from None
+        except DECODE_ERRORS as exc:
+            raise _unreadable(self.path, exc) from None
         self._block = max(1, round(self.rate * self.block_ms / 1000))
         self._pos = 0
         self._done = False
@@ -77,10 +106,13 @@ class FileSource(Source):
                 return None
             if due > 0:
                 time.sleep(due)
-        data = self._file.read(self._block, dtype="float32", always_2d=True)
+        data = self._read()
         if data.shape[0] == 0 and self.loop and self._pos > 0:
-            self._file.seek(0)
-            data = self._file.read(self._block, dtype="float32", always_2d=True)
+            try:
+                self._file.seek(0)
+            except DECODE_ERRORS as exc:
+                raise self._broken(exc) from None
+            data = self._read()
         if data.shape[0] == 0:
             self._done = True
             return None
@@ -89,6 +121,18 @@ class FileSource(Source):
         if not self.loop and data.shape[0] < self._block:
             self._done = True
         return block
+
+    def _read(self) -> np.ndarray:
+        """The next block ``(n, channels)`` float32; a body that stops decoding is InputError (65)."""
+        assert self._file is not None
+        try:
+            return self._file.read(self._block, dtype="float32", always_2d=True)
+        except DECODE_ERRORS as exc:
+            raise self._broken(exc) from None
+
+    def _broken(self, exc: BaseException) -> InputError:
+        where = f"decoding stopped after {self._pos / self.rate:.2f} s"
+        return _unreadable(self.path, f"{where}: {str(exc).strip() or type(exc).__name__}")
 
     @property
     def exhausted(self) -> bool:
