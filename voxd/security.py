@@ -71,13 +71,18 @@ class CurveKeys:
 
 
 def is_local_endpoint(endpoint: str) -> bool:
-    """True for endpoints only this machine can reach: ``ipc://``, ``inproc://`` and ``tcp://`` on a
-    loopback address (``127.0.0.0/8``, ``[::1]``, ``localhost``).
+    """True for endpoints only this machine can reach: ``ipc://`` socket files (whose mode decides who
+    may connect), ``inproc://`` and ``tcp://`` on a loopback address (``127.0.0.0/8``, ``[::1]``,
+    ``localhost``).
 
-    ``tcp://*:PORT``, ``tcp://0.0.0.0:PORT``, ``tcp://[::]:PORT``, other addresses and interface names
-    (``tcp://eth0:PORT``; even ``lo``, which the kernel could alias) count as not local: the rule errs
-    on the side of asking for keys.
+    An abstract ``ipc://@name`` is not local in this sense: it has no file, hence no permissions, so
+    every user and every network namespace sharing ours can connect. ``tcp://*:PORT``,
+    ``tcp://0.0.0.0:PORT``, ``tcp://[::]:PORT``, other addresses and interface names (``tcp://eth0:PORT``;
+    even ``lo``, which the kernel could alias) count as not local either: the rule errs on the side of
+    asking for keys.
     """
+    if endpoint.startswith("ipc://@"):
+        return False
     if endpoint.startswith(_LOCAL_SCHEMES):
         return True
     if not endpoint.startswith("tcp://"):
@@ -135,10 +140,11 @@ def load_public_key_dir(directory: str | os.PathLike[str]) -> list[bytes]:
     """The public keys of every ``*.key`` certificate in ``directory`` (sorted by file name), the same
     files :meth:`zmq.auth.base.Authenticator.configure_curve` would read. Raises :class:`KeyFileError`."""
     path = Path(directory)
-    if not path.is_dir():
-        raise KeyFileError(f"{path}: {'not a directory' if path.exists() else 'no such directory'}")
+    # os.path rather than Path.is_dir: pathlib lets some errors through (a name too long: ENAMETOOLONG)
+    if not os.path.isdir(path):
+        raise KeyFileError(f"{path}: {'not a directory' if os.path.lexists(path) else 'no such directory'}")
     try:
-        files = sorted(p for p in path.iterdir() if p.name.endswith(PUBLIC_SUFFIX) and p.is_file())
+        files = sorted(p for p in path.iterdir() if p.name.endswith(PUBLIC_SUFFIX) and os.path.isfile(p))
     except OSError as e:
         raise KeyFileError(f"{path}: cannot list: {e.strerror or e}") from None
     return [_read_certificate(str(p))[0] for p in files]

@@ -73,10 +73,11 @@ class BeamformParams(StageParams):
                                            "null: the doa_deg side value of an earlier doa stage")
     elevation_deg: float = Field(0.0, ge=-90, le=90, description="talker elevation above the array plane "
                                                                  "(deg) for far-field steering")
-    ref_mic: int = Field(0, ge=0, description="reference microphone (channel index) the output is aligned to")
+    ref_mic: int = Field(0, ge=0, le=1023, description="reference microphone (channel index) the output is "
+                                                       "aligned to")
     loading: float = Field(0.1, ge=0, le=10, description="mvdr: diagonal loading, fraction of trace(R)/M")
-    max_condition: float = Field(1e4, gt=2, description="mvdr: largest condition number of the loaded noise "
-                                                        "covariance (more loading where needed)")
+    max_condition: float = Field(1e4, gt=2, le=1e8, description="mvdr: largest condition number of the "
+                                 "loaded noise covariance (more loading where needed)")
     rtf_s: float = Field(3.0, gt=0, le=60, description="rtf: time constant of the speech-frame covariance (s "
                                                        "of speech)")
     rtf_min_s: float = Field(0.3, ge=0, le=10, description="rtf: speech needed before the RTF replaces "

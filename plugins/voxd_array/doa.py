@@ -92,7 +92,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -116,18 +116,20 @@ TIE = 0.01  # fits within this fraction of the best are ties: the simplest fix a
 class DoaParams(StageParams):
     """Parameters of the ``doa`` stage (angles in degrees; times in seconds of speech unless noted)."""
 
-    fixed_deg: float | None = Field(None, description="a fixed direction (deg): no estimation, doa_deg is "
-                                    "always this value (the channel check still runs)")
+    fixed_deg: float | None = Field(None, ge=-720, le=720, description="a fixed direction (deg, wrapped to "
+                                    "0-360): no estimation, doa_deg is always this value (the channel check "
+                                    "still runs)")
     vad: bool = Field(True, description="use an earlier VAD's side value 'speech' (required unless "
                       "fixed_deg): only speech frames locate the talker, the others are subtracted; "
                       "false: every frame is speech")
-    fmin_hz: float = Field(300.0, ge=0, description="lowest frequency used (Hz)")
-    fmax_hz: float = Field(8000.0, gt=0, description="highest frequency used (Hz; at most half the rate)")
+    fmin_hz: float = Field(300.0, ge=0, le=24000, description="lowest frequency used (Hz)")
+    fmax_hz: float = Field(8000.0, gt=0, le=24000,
+                           description="highest frequency used (Hz; at most half the rate)")
     grid_deg: float = Field(5.0, gt=0, le=30, description="azimuth grid step (deg); the maximum is refined "
                             "between grid points")
-    elevations_deg: list[float] = Field(default_factory=lambda: [0.0, 30.0, 60.0], min_length=1,
-                                        max_length=10, description="elevations searched (deg above the "
-                                        "array plane; also below it for a non-planar array)")
+    elevations_deg: list[Annotated[float, Field(ge=-90, le=90)]] = Field(
+        default_factory=lambda: [0.0, 30.0, 60.0], min_length=1, max_length=10,
+        description="elevations searched (deg above the array plane; also below it for a non-planar array)")
     track_s: float = Field(1.0, gt=0, le=60, description="forgetting time constant of the speech average "
                            "(s of speech)")
     noise_s: float = Field(3.0, gt=0, le=600, description="forgetting time constant of the non-speech "
@@ -137,7 +139,8 @@ class DoaParams(StageParams):
     vad_lag_s: float = Field(0.2, ge=0, le=2, description="the VAD's decision delay (s of stream): each "
                              "frame is classified by the decision this much later")
     search_every: int = Field(1, ge=1, le=100, description="search the map every n-th speech frame")
-    initial_deg: float = Field(0.0, description="doa_deg before the first estimate (deg)")
+    initial_deg: float = Field(0.0, ge=-720, le=720,
+                               description="doa_deg before the first estimate (deg, wrapped to 0-360)")
     check_channels: bool = Field(True, description="check the channel order against the geometry and "
                                  "emit channel_map_suspect once if another order fits clearly better")
     check_window_s: float = Field(8.0, gt=0, le=600, description="forgetting time constant of the "

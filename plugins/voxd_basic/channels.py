@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 from pydantic import Field
 
@@ -10,7 +12,8 @@ from voxd.stage import FormatError, Stage, StageParams
 
 
 class SelectParams(StageParams):
-    channels: list[int] = Field(min_length=1, description="input channel indices (0-based), in output order")
+    channels: list[Annotated[int, Field(ge=0, le=1023)]] = Field(
+        min_length=1, max_length=1024, description="input channel indices (0-based), in output order")
 
 
 class Select(Stage):

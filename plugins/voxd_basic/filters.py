@@ -11,7 +11,7 @@ from voxd.stage import FormatError, Stage, StageContext, StageParams
 
 
 class HighPassParams(StageParams):
-    cutoff_hz: float = Field(80.0, gt=0, description="-3 dB corner frequency (Hz)")
+    cutoff_hz: float = Field(80.0, gt=0, le=24000, description="-3 dB corner frequency (Hz)")
     order: int = Field(2, ge=1, le=10, description="Butterworth order (6 dB per octave per order)")
 
 

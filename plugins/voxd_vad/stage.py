@@ -68,7 +68,7 @@ class VadParams(StageParams):
         "webrtc", description="detector: 'webrtc' (WebRTC GMM VAD + noise gate + voicing, ~25 us per "
         "10 ms frame) or 'silero' (Silero VAD v6 network via onnxruntime: better on music and noise, "
         "~80 us per frame)")
-    channel: int = Field(0, ge=0, description="reference channel the detector listens to")
+    channel: int = Field(0, ge=0, le=1023, description="reference channel the detector listens to")
     # --- webrtc
     aggressiveness: int = Field(3, ge=0, le=3, description="webrtc: WebRTC VAD mode, 0 (keeps most "
                                 "speech) to 3 (rejects most non-speech)")

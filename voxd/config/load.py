@@ -32,6 +32,11 @@ Issue = tuple[Path, str]
 #: as in docker-compose files
 SCRATCH_PREFIX = "x-"
 
+#: Largest config file read (bytes). Real configs are a few KB; the bound keeps a reload's parse short
+#: (PyYAML is pure Python: up to several seconds per MiB) and a mistaken path (a recording, /dev/zero)
+#: harmless.
+MAX_CONFIG_BYTES = 256 * 1024
+
 
 @dataclass(frozen=True)
 class LoadedConfig:
@@ -62,10 +67,15 @@ def load_config(path: str, overrides: Sequence[str] = (), plugins: Plugins | Non
     every problem, in line order.
     """
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)  # never more: a FIFO or /dev/zero ends here too
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read config: {exc.strerror or exc}"]) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{path}: cannot read config: larger than {MAX_CONFIG_BYTES // 1024} KiB (a "
+                           "config is a few KB: is this the right file?)"])
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: cannot read config: not UTF-8 text (byte {exc.start})"]) from None
     return load_config_text(text, path, overrides, plugins)
@@ -96,6 +106,11 @@ def load_config_text(
     problems += [sources.problem(p, msg) for p, msg in issues]
     if problems or config is None:
         raise ConfigError([p.text for p in sorted(problems, key=lambda p: p.origin.rank)])
+    # The scratch keys served the YAML anchors; nothing reads them now. Dropped, with their lines, so
+    # that a LoadedConfig stays small (a reload sends it between processes).
+    for key in [k for k in tree if k.startswith(SCRATCH_PREFIX)]:
+        del tree[key]
+        sources.forget((key,))
     return LoadedConfig(config, filename, tree, sources)
 
 

@@ -13,6 +13,7 @@ import zmq
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -53,10 +54,18 @@ def _whole(x: float) -> bool:
     return abs(x - round(x)) < 1e-6
 
 
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, values are immutable."""
+#: Largest channel index anywhere in a config (the wire's own bound is 1024 channels).
+MAX_CHANNEL_INDEX = 1023
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are immutable, floats finite.
+
+    Every number has a range: an unbounded one passed ``voxd check`` and then failed at run time
+    (``processing.window_ms: 2e12`` asked for 233 TiB; ``output.hwm: 2**40`` overflowed libzmq's int).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class FileCapture(Section):
@@ -83,7 +92,7 @@ class PyAudioCapture(Section):
     """A live input device through PortAudio (PyAudio), in callback mode."""
 
     type: Literal["pyaudio"] = Field("pyaudio", description="Capture source type.")
-    device: str | int | None = Field(
+    device: str | Annotated[int, Field(ge=0, le=MAX_CHANNEL_INDEX)] | None = Field(
         None, description="Input device: a substring of its name (case-insensitive) or its index "
         "(see `voxd devices`); default: the system's default input device."
     )
@@ -93,19 +102,22 @@ class PyAudioCapture(Section):
         "Default: processing.rate when the device supports it, else the device's default rate."
     )
     block_ms: FiniteFloat = Field(10.0, gt=0, le=200, description="Device buffer (ms) per callback.")
-    channel_map: list[Annotated[int, Field(ge=0)]] | None = Field(
-        None, min_length=1, description="Device channels to keep, in chain order (0-based), e.g. "
+    channel_map: list[Annotated[int, Field(ge=0, le=63)]] | None = Field(
+        None, min_length=1, max_length=64, description="Device channels to keep, in chain order (0-based), "
+        "e.g. "
         "[0, 1, 2, 3, 4, 5] to drop the loopback channels 6-7 of a ReSpeaker 6-mic board."
     )
     stall_timeout_ms: FiniteFloat = Field(
-        2000.0, gt=0, description="No data for this long means the device is lost (a stalled device "
-        "delivers nothing and raises nothing)."
+        2000.0, gt=0, le=60_000, description="No data for this long means the device is lost (a stalled "
+        "device delivers nothing and raises nothing)."
     )
     queue_ms: FiniteFloat = Field(
-        1000.0, gt=0, description="Audio the callback may queue for the worker before overrunning (ms)."
+        1000.0, gt=0, le=10_000,
+        description="Audio the callback may queue for the worker before overrunning (ms)."
     )
     retry_max_s: FiniteFloat = Field(
-        10.0, gt=0, description="Cap of the exponential backoff between attempts to reopen a lost device (s)."
+        10.0, gt=0, le=3600,
+        description="Cap of the exponential backoff between attempts to reopen a lost device (s)."
     )
 
     @model_validator(mode="after")
@@ -136,8 +148,8 @@ class ProcessingConfig(Section):
     rate: int = Field(
         16000, ge=8000, le=48000, description="Chain sample rate (Hz); capture is resampled to it."
     )
-    window_ms: FiniteFloat = Field(20.0, gt=0, description="STFT window length (ms).")
-    hop_ms: FiniteFloat = Field(10.0, gt=0, description="STFT hop (ms): the chain's frame length.")
+    window_ms: FiniteFloat = Field(20.0, gt=0, le=128, description="STFT window length (ms).")
+    hop_ms: FiniteFloat = Field(10.0, gt=0, le=64, description="STFT hop (ms): the chain's frame length.")
     window: Literal["sqrt-hann"] = Field(
         "sqrt-hann", description="Analysis and synthesis window (sqrt-Hann: perfect reconstruction)."
     )
@@ -174,8 +186,9 @@ def _xyz(row: list[float]) -> list[float]:
     return row
 
 
-#: one microphone position [x, y, z] (m)
-Position = Annotated[list[FiniteFloat], AfterValidator(_xyz), Field(json_schema_extra=_XYZ)]
+#: one microphone position [x, y, z] (m), within 10 m of the array centre
+Position = Annotated[list[Annotated[FiniteFloat, Field(ge=-10, le=10)]], AfterValidator(_xyz),
+                     Field(json_schema_extra=_XYZ)]
 
 
 def _known_preset(name: str) -> str:
@@ -204,12 +217,13 @@ class ArrayConfig(Section):
         "spacing."
     )
     positions: list[Position] | None = Field(
-        None, min_length=1, description="Microphone positions [x, y, z] (m), one row per channel; they "
+        None, min_length=1, max_length=MAX_CHANNEL_INDEX + 1, description="Microphone positions [x, y, z] "
+        "(m), one row per channel; they "
         "win over preset."
     )
-    count: int | None = Field(None, ge=2, description="Number of microphones (preset 'linear' only).")
+    count: int | None = Field(None, ge=2, le=64, description="Number of microphones (preset 'linear' only).")
     spacing: FiniteFloat | None = Field(
-        None, gt=0, description="Distance between neighbouring microphones (m) (preset 'linear' only)."
+        None, gt=0, le=1, description="Distance between neighbouring microphones (m) (preset 'linear' only)."
     )
     speed_of_sound: FiniteFloat = Field(SPEED_OF_SOUND, ge=300, le=400, description="Speed of sound (m/s).")
 
@@ -240,8 +254,23 @@ def _endpoint(value: str, info: ValidationInfo) -> str:
     if "curve" not in data or "insecure" not in data:
         return value
     if data["curve"] is None and not data["insecure"] and not security.is_local_endpoint(value):
-        raise custom_error(f"'{value}' is not loopback, ipc:// or inproc://: binding it needs CURVE keys "
-                           "(output.curve; see 'voxd keygen') or an explicit output.insecure: true")
+        what = ("is an abstract socket (no file, so no permissions: every local user could connect)"
+                if value.startswith("ipc://@") else "is not loopback, ipc:// or inproc://")
+        raise custom_error(f"'{value}' {what}: binding it needs CURVE keys (output.curve; see 'voxd "
+                           "keygen') or an explicit output.insecure: true")
+    return value
+
+
+def _octal(value: Any) -> Any:
+    """A file mode written as a string is octal (``'0660'``, ``'660'``, ``'0o660'``); YAML reads ``0660``
+    itself as octal. A plain ``660`` is decimal to YAML: out of range, and the error says so."""
+    if isinstance(value, str):
+        try:
+            return int(value.removeprefix("0o"), 8)
+        except ValueError:
+            raise custom_error(f"must be an octal file mode such as '0660', got '{value}'") from None
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0o777:
+        raise custom_error(f"must be an octal file mode such as 0660 (a leading 0, or quoted), got {value}")
     return value
 
 
@@ -358,14 +387,20 @@ class OutputConfig(Section):
         20.0, gt=0, le=1000, description="Duration of one published audio message (ms)."
     )
     hwm: int = Field(
-        1000, ge=1, description="Send high-water mark (messages); a slow subscriber loses the rest."
+        1000, ge=1, le=100_000, description="Send high-water mark (messages); a slow subscriber loses the "
+        "rest."
     )
     taps: list[str] = Field(
         default_factory=list, description="Stage names whose output is also published as 'audio.<name>'."
     )
-    stats_interval_s: FiniteFloat = Field(5.0, gt=0, description="Interval between 'stats' messages (s).")
+    ipc_mode: Annotated[int, BeforeValidator(_octal)] = Field(
+        0o660, ge=0, le=0o777, description="Mode of ipc:// socket files (octal, e.g. 0660 or '0660'): who "
+        "may connect. Default: owner and group."
+    )
+    stats_interval_s: FiniteFloat = Field(5.0, gt=0, le=3600,
+                                          description="Interval between 'stats' messages (s).")
     wait_for_subscriber_s: FiniteFloat = Field(
-        0.0, ge=0, description="Wait up to this long for a first subscriber before starting (s)."
+        0.0, ge=0, le=3600, description="Wait up to this long for a first subscriber before starting (s)."
     )
 
     @property

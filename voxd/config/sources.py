@@ -68,6 +68,12 @@ class SourceMap:
             del self._origins[p]
         self._origins[path] = origin
 
+    def forget(self, path: Path) -> None:
+        """``path`` and everything below it left the tree: forget their origins."""
+        n = len(path)
+        for p in [p for p in self._origins if p[:n] == path]:
+            del self._origins[p]
+
     def origin(self, path: Iterable[Key]) -> Origin:
         """The origin of ``path`` or of its nearest ancestor that has one."""
         p = tuple(path)

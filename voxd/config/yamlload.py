@@ -4,6 +4,13 @@ PyYAML's ``SafeLoader`` composes the document into nodes (which carry their mark
 plain Python data ourselves so that each value's line can be recorded by path, duplicate keys can be
 reported (PyYAML silently keeps the last one), and mapping keys stay the text the user typed (plain
 ``yaml.safe_load`` would turn a key ``on:`` into ``True``).
+
+Building is also where a hostile document is stopped. An alias is a reference to an anchored node, so
+nine levels of ten aliases each ("billion laughs") compose into a few hundred nodes but expand into a
+billion values; PyYAML has no limit of its own. Here every value built counts, aliases included, and a
+document that expands beyond :data:`MAX_VALUES` values, or nests deeper than :data:`MAX_DEPTH` levels
+(the composer and the builder recurse per level), is a :class:`YamlSyntaxError`. Callers also bound
+the text itself (:data:`voxd.config.load.MAX_CONFIG_BYTES`).
 """
 
 from __future__ import annotations
@@ -16,6 +23,12 @@ import yaml
 from voxd.config.sources import Path
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
+
+#: Values a document may expand to (every scalar, list and mapping built, each alias use counting
+#: again). A real config has a few hundred.
+MAX_VALUES = 100_000
+#: Levels of nesting (lists and mappings inside each other, aliases expanded). Configs use about 5.
+MAX_DEPTH = 64
 
 
 class YamlSyntaxError(Exception):
@@ -44,7 +57,7 @@ def parse_yaml(text: str) -> Parsed:
     """
     loader: yaml.SafeLoader | None = None
     try:
-        loader = yaml.SafeLoader(text)  # checks the characters: may raise ReaderError
+        loader = _Loader(text)  # checks the characters: may raise ReaderError
         node = loader.get_single_node()
         out = Parsed(None)
         if node is not None:
@@ -64,6 +77,25 @@ def parse_yaml(text: str) -> Parsed:
             loader.dispose()
 
 
+class _Loader(yaml.SafeLoader):
+    """``SafeLoader`` whose composer refuses to nest deeper than :data:`MAX_DEPTH` (it recurses once
+    per level: ``[[[[...`` 5000 deep would end in a RecursionError)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 class _Builder:
     """Turns composed nodes into dicts, lists and scalars, recording lines and problems in ``out``."""
 
@@ -71,10 +103,18 @@ class _Builder:
         self.loader = loader
         self.out = out
         self.active: set[int] = set()  # nodes being built: an alias back into one is a cycle
+        self.count = 0  # values built so far, aliases expanded
+        self.depth = 0
 
     def build(self, node: yaml.Node, path: Path, line: int) -> Any:
         """Build ``node`` found at ``path``; ``line`` is where it is named (its key's line for a
         mapping value, so that errors point at ``key:`` rather than the first line of its body)."""
+        self.count += 1
+        if self.count > MAX_VALUES:
+            raise YamlSyntaxError(line, f"the document expands to more than {MAX_VALUES} values (aliases "
+                                        "of aliases?); a config needs far fewer")
+        if len(path) > MAX_DEPTH:
+            raise YamlSyntaxError(line, f"nested deeper than {MAX_DEPTH} levels once aliases are expanded")
         self.out.lines[path] = line
         if id(node) in self.active:
             self.out.issues.append((line, path, "yaml: recursive alias"))
