@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from voxd.errors import ConfigError, StageError
-from voxd.frame import AudioFormat, Domain, Flags, Frame
+from voxd.frame import AudioFormat, Domain, Flags, Frame, finite_within
 from voxd.geometry import SPEED_OF_SOUND, resolve_positions
 from voxd.stage import FormatError, Stage, StageContext
 from voxd.stft import StftAnalysis, StftSynthesis
@@ -31,6 +31,9 @@ log = logging.getLogger("voxd.chain")
 
 Emit = Callable[..., None]
 TIMING_WINDOW = 2048  # per-node ring of recent frame times, for p50/p99
+#: A stage output whose sum of squares exceeds this square is checked value by value for NaN/inf (the
+#: fast test cannot tell a huge value from an infinite one); far above any real spectrum or signal.
+OUTPUT_CHECK = 1e15
 
 
 class Node:
@@ -121,6 +124,10 @@ class StageNode(Node):
         self.stage, self.name, self.kind, self.on_error = stage, stage.name, kind, on_error
         self.bypassed = False
         self.errors = 0
+        self.nonfinite = 0  # frames whose output held NaN or infinity
+        #: set when this frame's output was not finite: the chain resets every node after the frame
+        #: (the NaN may come from an earlier stage's side value, e.g. a poisoned noise estimate)
+        self.tainted = False
         self._emit: Emit = lambda *a, **k: None
         self._last_report = 0.0
 
@@ -128,9 +135,17 @@ class StageNode(Node):
         if self.bypassed:
             return self._fallback(frame)
         try:
-            return self.stage.process(frame)
+            out = self.stage.process(frame)
         except Exception as exc:  # a stage bug must not stop the audio: apply the configured policy
             return self._failed(frame, exc)
+        # A non-finite output is a failed frame too: one NaN would otherwise live on in every later
+        # stage's state (and this one's) for the rest of the stream. One dot product per frame.
+        data = out.samples if out.samples is not None else out.spec
+        if data is not None and not finite_within(data, OUTPUT_CHECK) and not np.isfinite(data).all():
+            self.nonfinite += 1
+            self.tainted = True
+            return self._failed(frame, FloatingPointError("output is not finite (NaN or infinity)"))
+        return out
 
     def _failed(self, frame: Frame, exc: Exception) -> Frame:
         self.errors += 1
@@ -217,9 +232,15 @@ class Chain:
                 self._tap_synth[name] = StftSynthesis(fmt.channels, fmt.n_fft, fmt.frame)
 
     def process(self, frame: Frame) -> Frame:
-        """Run one hop through every node; a ``DISCONTINUITY`` frame resets the chain first."""
+        """Run one hop through every node; a ``DISCONTINUITY`` frame resets the chain first.
+
+        A stage whose output is not finite gets its ``on_error`` policy (see :class:`StageNode`), and the
+        whole chain is reset after the frame: every stage starts afresh from the next one, so no NaN
+        survives in any state (the input to the chain is kept finite by :class:`~voxd.pipeline.Pipeline`).
+        """
         if frame.flags & Flags.DISCONTINUITY:
             self.reset()
+        tainted = False
         for node in self.nodes:
             t0 = time.perf_counter_ns()
             frame = node.process(frame)
@@ -227,6 +248,11 @@ class Chain:
             node.count += 1
             if node.name in self.taps:
                 self._tap(node.name, frame)
+            if isinstance(node, StageNode) and node.tainted:
+                node.tainted = False
+                tainted = True
+        if tainted:
+            self.reset()
         return frame
 
     def _tap(self, name: str, frame: Frame) -> None:

@@ -1,10 +1,18 @@
 """From source blocks to output frames: resample, cut into hops, run the chain, re-frame for the wire.
 
 The daemon (``voxd run``) and offline processing (``voxd process``) both push blocks through a
-:class:`Pipeline`, so their outputs are identical sample for sample. The pipeline removes the chain's
-algorithmic delay: output sample ``k`` lines up with input sample ``k`` (at the chain rate), the first
-``delay`` output samples (the transforms' warm-up) are dropped, and :meth:`Pipeline.flush` pushes
-``delay`` samples of silence so that the output is exactly as long as the input.
+:class:`Pipeline`, so their outputs are identical sample for sample.
+
+A source block holding NaN, an infinity or samples beyond :data:`~voxd.frame.SAMPLE_LIMIT` (60 dB over
+full scale) is corrupt: those samples are replaced by 0 before anything sees them, and the chain is
+reset at the first clean block after, exactly as after lost input (the published frame says
+``discontinuity``). So one bad sample costs at most a restart of the stages' adaptation, never the
+rest of the stream. The test is one dot product per block; clean blocks pass untouched.
+
+The pipeline removes the chain's algorithmic delay: output sample ``k`` lines up with input sample ``k``
+(at the chain rate), the first ``delay`` output samples (the transforms' warm-up) are dropped, and
+:meth:`Pipeline.flush` pushes ``delay`` samples of silence so that the output is exactly as long as the
+input.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from voxd.chain import Chain
-from voxd.frame import Flags, Frame, header_side
+from voxd.frame import Flags, Frame, finite_within, header_side, sanitized
 from voxd.resample import StreamResampler
 from voxd.sources.base import Block
 
@@ -85,6 +93,8 @@ class Pipeline:
         self._limit: int | None = None  # total output length, known once flushing
         self._tap_seq: dict[str, int] = {}
         self.frames_in = 0  # chain frames processed
+        self.corrupt_blocks = 0  # source blocks that held NaN, infinities or out-of-range samples
+        self._corrupt = False  # the last block was corrupt: reset the chain at the next clean one
         if resume is not None:
             self._resume(resume)
 
@@ -101,6 +111,7 @@ class Pipeline:
         self._anchors.extend((p * self.rate / old.rate, t) for p, t in old._anchors)
         self._tap_seq = dict(old._tap_seq)
         self._disc = True
+        self.corrupt_blocks = old.corrupt_blocks  # a running count for the stats
 
     def can_swap(self, chain: Chain) -> bool:
         """True when :meth:`swap_chain` can take ``chain`` (same input format and output channels)."""
@@ -149,7 +160,17 @@ class Pipeline:
         self._anchors.append((self._in_samples * self._ratio, block.t))
         self._in_samples += block.samples.shape[1]
         self._pending_flags |= block.flags
-        x = self.resampler.push(block.samples)
+        x, changed = block.samples, False
+        if not finite_within(x):  # the fast test; sanitized() decides (a loud block may be valid)
+            x, changed = sanitized(x)
+        if changed:
+            self.corrupt_blocks += 1
+            self._corrupt = True
+        elif self._corrupt:
+            # the stages have adapted to the replaced samples: start them afresh on real audio
+            self._corrupt = False
+            self._pending_flags |= Flags.DISCONTINUITY
+        x = self.resampler.push(x)
         self._received += x.shape[1]
         return self._feed(x)
 

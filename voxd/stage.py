@@ -31,9 +31,12 @@ from voxd.geometry import SPEED_OF_SOUND
 
 
 class StageParams(BaseModel):
-    """Base of every stage's ``Params`` model: unknown keys are errors, values are immutable."""
+    """Base of every stage's ``Params`` model: unknown keys are errors, values are immutable, and no
+    float may be NaN or infinite (``.nan`` is valid YAML, and it passes no ``ge``/``le`` test of its own
+    intent). Give every number a range (``ge``/``le``): ``tests/test_fuzz_config.py`` checks that the
+    schema of every installed stage has one."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class FormatError(Exception):
