@@ -9,13 +9,18 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 import zmq.auth
 
 from tests.conftest import ROOT, make_recording, run_voxd
+from voxd.client import Subscriber
+from voxd.errors import VoxdError
+from voxd.wire import AudioMessage, EventMessage
 
 SECONDS = 1.0
 
@@ -100,3 +105,70 @@ def test_insecure_daemon_starts_with_a_warning(tmp_path: Path, free_port: int) -
     np.testing.assert_array_equal(data, pcm)
     assert (f"WARNING voxd.publisher: output endpoint tcp://0.0.0.0:{free_port} has no CURVE keys "
             "(output.insecure: true): anyone who can reach it can listen to the audio") in daemon.stderr
+
+
+def test_a_reload_that_removes_a_client_key_cuts_that_client_off(tmp_path: Path, free_port: int) -> None:
+    """Issue 16, class 11: two allow-listed clients are connected and receiving; a reload removes one
+    key from ``allowed_clients``. The removed client is cut off at once (ZeroMQ checks keys only at the
+    handshake, so the daemon ends every connection and the removed client's reconnection is refused:
+    ``recv`` raises, exit 69 in ``voxd listen``); the other one comes back and keeps receiving. A
+    reload that only adds a key disturbs nobody."""
+    keys = tmp_path / "keys"
+    for name in ("server", "a", "b", "c"):
+        assert run_voxd("keygen", "--out", str(keys), "--name", name).returncode == 0
+    rec = tmp_path / "rec.wav"
+    make_recording(rec, channels=1, seconds=2.0)
+    cfg = tmp_path / "run.yaml"
+
+    def write(clients: list[str]) -> None:
+        allowed = ", ".join(str(keys / f"{c}.key") for c in clients)
+        cfg.write_text(f"capture: {{type: file, path: {rec}, realtime: true, loop: true}}\n"
+                       f"output:\n  endpoints: ['tcp://127.0.0.1:{free_port}']\n  frame_ms: 20\n"
+                       f"  curve:\n    secret_key_file: {keys / 'server.key_secret'}\n"
+                       f"    allowed_clients: [{allowed}]\n")
+
+    def client(name: str) -> Subscriber:
+        return Subscriber(f"tcp://127.0.0.1:{free_port}", topics=("audio", "event"),
+                          server_key=str(keys / "server.key"),
+                          client_key_file=str(keys / f"{name}.key_secret"))
+
+    def until(sub: Subscriber, pred, timeout: float = 30) -> list:
+        got, deadline = [], time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = sub.recv(timeout_ms=100)
+            if msg is not None:
+                got.append(msg)
+                if pred(msg):
+                    return got
+        daemon.send_signal(signal.SIGTERM)
+        raise AssertionError(f"timed out; last: {got[-1:]}; daemon: {daemon.communicate(timeout=20)[1]}")
+
+    write(["a", "b"])
+    daemon = subprocess.Popen([sys.executable, "-m", "voxd", "run", "--config", str(cfg)], cwd=ROOT,
+                              stderr=subprocess.PIPE, text=True)
+    a, b = client("a"), client("b")
+    try:
+        for sub in (a, b):
+            until(sub, lambda m: isinstance(m, AudioMessage))
+        write(["a", "b", "c"])  # adding a key: nobody is disconnected
+        daemon.send_signal(signal.SIGHUP)
+        until(a, lambda m: isinstance(m, EventMessage) and m.type == "reload")
+        after_add = until(b, lambda m: isinstance(m, EventMessage) and m.type == "reload")
+        assert a.gaps == 0 and b.gaps == 0 and after_add
+        write(["a"])  # removing b (and c)
+        daemon.send_signal(signal.SIGHUP)
+        with pytest.raises(VoxdError) as refused:  # b reads on until it is refused
+            until(b, lambda m: False, timeout=30)
+        assert refused.value.exit_status == 69 and "refused this client's key" in str(refused.value)
+        # a was disconnected too (every connection is), reconnected and receives the stream: the
+        # frames it lost meanwhile show as one gap
+        last = until(a, lambda m: isinstance(m, AudioMessage) and m.gap > 0)[-1]
+        until(a, lambda m: isinstance(m, AudioMessage) and m.seq > last.seq + 10)
+        assert daemon.poll() is None
+    finally:
+        a.close()
+        b.close()
+        daemon.send_signal(signal.SIGTERM)
+        _, err = daemon.communicate(timeout=20)
+    assert daemon.returncode == 0, err
+    assert "2 client key(s) removed from the allow-list" in err

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from voxd.errors import EX_CONFIG
+from voxd.errors import EX_CONFIG, EX_DATAERR, EX_USAGE
 
 UNIT = ROOT / "systemd" / "voxd.service"
 SYSUSERS = ROOT / "systemd" / "voxd.sysusers.conf"
@@ -84,8 +84,12 @@ def test_unit_agrees_with_voxd() -> None:
     """The settings the daemon relies on, and an ExecStart that voxd's command line accepts."""
     from voxd.cli import build_parser
 
-    svc = {k: v[-1] for k, v in unit_settings(UNIT.read_text())["Service"].items()}
-    assert svc["RestartPreventExitStatus"] == str(EX_CONFIG)  # a bad config: failed, no restart loop
+    settings = unit_settings(UNIT.read_text())
+    svc = {k: v[-1] for k, v in settings["Service"].items()}
+    # exits that do not get better by restarting: failed, no restart loop
+    assert svc["RestartPreventExitStatus"].split() == [str(s) for s in (EX_USAGE, EX_DATAERR, EX_CONFIG)]
+    unit = {k: v[-1] for k, v in settings["Unit"].items()}
+    assert int(unit["StartLimitBurst"]) >= 2 and int(unit["StartLimitIntervalSec"]) > 0  # others: not forever
     assert svc["Restart"] == "on-failure"
     assert svc["Type"] == "notify" and svc["NotifyAccess"] == "main"
     assert 0 < float(svc["WatchdogSec"]) <= 30

@@ -426,16 +426,29 @@ def user_manager(tmp_path: Path) -> Iterator[UserManager]:
 
 
 class Subscriber:
-    """tests/subscriber.py on ``endpoint`` until the daemon's ``stopping`` event."""
+    """tests/subscriber.py on ``endpoint`` until the daemon's ``stopping`` event; ``frames()`` says how
+    many audio frames it has received so far (its ``--progress`` lines)."""
 
     def __init__(self, endpoint: str, out: Path) -> None:
         self.out = out
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "subscriber.py"), endpoint,
-                                      str(out), "--until", "stopping", "--seconds", "60"],
+                                      str(out), "--until", "stopping", "--seconds", "60", "--progress"],
                                      cwd=ROOT, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], 20)
         assert ready and self.proc.stdout.readline().strip() == "ready", "subscriber did not start"
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.strip())
+
+    def frames(self) -> int:
+        counts = [int(line.split()[1]) for line in list(self.lines) if line.startswith("frames ")]
+        return counts[-1] if counts else 0
 
     def result(self, timeout: float = 10) -> dict:
         assert self.proc.wait(timeout=timeout) == 0
@@ -610,3 +623,79 @@ def test_unit_under_a_real_systemd(user_manager: UserManager, tmp_path: Path, fr
                    "NRestarts": "0"}, bad
     timings["total"] = time.monotonic() - t_begin
     print("\nreal systemd timings (s): " + ", ".join(f"{k}: {v:.3f}" for k, v in timings.items()))
+
+
+def test_a_failed_reload_keeps_the_service_and_a_failing_start_is_not_retried_forever(
+        user_manager: UserManager, tmp_path: Path, free_port: int) -> None:
+    """Issue 16, acceptance 3, under a real systemd. (1) A reload to an endpoint another process holds:
+    the service stays active with the same main PID and no restart, subscribers get ``reload_failed``
+    and the old chain's audio without a gap (before: exit 69, and a restart every 5 s into the same
+    failure). (2) A start that can only fail (its endpoint is taken for good, exit 69) is restarted,
+    but not forever: the unit's StartLimitBurst= ends it in ``failed`` (start-limit-hit)."""
+    mgr = user_manager
+    files = tmp_path / "files"
+    files.mkdir()
+    rec = files / "in.wav"
+    make_recording(rec, channels=2, seconds=2.0)
+    svc = Services(mgr, _readable_paths(files, mgr.runtime))
+    squatter = socket.socket()  # holds a port for the whole test
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    sub: Subscriber | None = None
+    try:
+        cfg = files / "voxd.yaml"
+        write_config(cfg, rec, free_port, CHAIN_0DB)
+        svc.install("voxd", cfg)
+        mgr.ctl("start", "voxd", timeout=30)  # returns once READY: audio flows
+        sub = Subscriber(f"tcp://127.0.0.1:{free_port}", tmp_path / "sub")
+        started = mgr.show("voxd", "MainPID")["MainPID"]
+        assert wait_for(lambda: "audio flowing" in mgr.log("voxd"), 10)
+        write_config(cfg, rec, taken, CHAIN_6DB)  # a new chain, and an endpoint that cannot be bound
+        mgr.ctl("reload", "voxd", timeout=15)
+        assert wait_for(lambda: "reload refused" in mgr.log("voxd"), 30), mgr.log("voxd")
+        after = mgr.show("voxd", "ActiveState", "SubState", "MainPID", "NRestarts")
+        expected = {"ActiveState": "active", "SubState": "running", "MainPID": started, "NRestarts": "0"}
+        assert after == expected, (after, mgr.log("voxd"))
+        n = sub.frames()
+        assert wait_for(lambda: sub.frames() >= n + 20, 30), "audio goes on after the refused reload"
+        mgr.ctl("stop", "voxd", timeout=15)
+        info = sub.result()
+    finally:
+        if sub is not None:
+            sub.kill()
+    types = [e["type"] for e in info["events"]]
+    assert "reload_failed" in types and "reload" not in types and types[-1] == "stopping", types
+    failed = next(e for e in info["events"] if e["type"] == "reload_failed")
+    assert "Address already in use" in failed["errors"][0], failed
+    seqs = info["seqs"]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))) and info["gaps"] == 0
+    assert seqs.index(failed["seq"]) < len(seqs) - 10
+    assert "Traceback" not in mgr.log("voxd")
+
+    # -- a start that fails the same way every time: retried, then left failed
+    bad = files / "taken.yaml"
+    write_config(bad, rec, taken, CHAIN_0DB)
+    burst = 3
+    # the unit's StartLimitBurst=10 and RestartSec=5 would take a minute here: fewer and faster, same rule
+    svc.install("voxd-taken", bad, f"RestartSec=0.2\n[Unit]\nStartLimitBurst={burst}\n")
+    try:
+        mgr.ctl("start", "voxd-taken", check=False, timeout=30)
+
+        def gave_up() -> bool:
+            state = mgr.show("voxd-taken", "ActiveState", "SubState")
+            return state == {"ActiveState": "failed", "SubState": "failed"}
+
+        props = ("ActiveState", "SubState", "Result", "NRestarts")
+        assert wait_for(gave_up, 60), (mgr.show("voxd-taken", *props), mgr.log("voxd-taken"))
+        first = mgr.show("voxd-taken", "ActiveState", "NRestarts", "ExecMainStatus")
+        time.sleep(1.5)  # many RestartSec=0.2 periods: nothing may happen any more
+        later = mgr.show("voxd-taken", "ActiveState", "NRestarts", "ExecMainStatus")
+    finally:
+        squatter.close()
+    assert first == later, (first, later)
+    assert first["ActiveState"] == "failed" and first["ExecMainStatus"] == "69", first
+    runs = mgr.log("voxd-taken").count("Address already in use")
+    print(f"\nthe failing unit ran {runs} times (NRestarts {first['NRestarts']}), then stayed failed")
+    assert runs == burst, runs
+    assert "Start request repeated too quickly" in mgr.log(), mgr.log()[-2000:]

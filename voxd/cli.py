@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from voxd import __version__
@@ -45,36 +47,49 @@ def _setup_logging(level: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # First thing: SIGHUP's default action ends the process (status 129), and `systemctl reload` may
+    # come while we start (reading the config, loading models, opening the device). Remember it; the
+    # daemon reloads once it runs.
+    early_hup = threading.Event()
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: early_hup.set())
     from voxd.daemon import Daemon
 
     loaded = _load(args)
     _setup_logging(loaded.config.log.level)
-    return Daemon(loaded, overrides=args.overrides).run()
+    return Daemon(loaded, overrides=args.overrides, early_hup=early_hup).run()
 
 
 def cmd_process(args: argparse.Namespace) -> int:
     from voxd.process import (
+        WavOut,
+        check_out_dir,
         open_vad_out,
         output_paths,
         process_file,
         speech_segments,
         speech_stage,
         write_vad_line,
-        write_wav,
     )
 
     loaded = _load(args)
     _setup_logging(loaded.config.log.level if args.verbose else "warning")
     pairs = output_paths(args.inputs, args.out_dir)
-    progress = sys.stderr.isatty() and not args.quiet
     vad_stage = speech_stage(loaded) if args.vad_out else None  # 64 before any work if there is no VAD
+    if args.out_dir is not None:
+        check_out_dir(args.out_dir)  # 73 before any work
+    progress = sys.stderr.isatty() and not args.quiet
     vad_out = open_vad_out(args.vad_out) if args.vad_out else None
     try:
         for inp, outp in pairs:
-            result = process_file(loaded, inp, progress=progress)
-            write_wav(outp, result.audio, result.rate)
+            out = WavOut(outp)  # 73 before this input is processed
+            try:
+                result = process_file(loaded, inp, progress=progress, out=out)
+            except BaseException:
+                out.discard()  # no half-written output next to an error
+                raise
+            out.close()
             if vad_out is not None:
-                duration = result.audio.shape[1] / result.rate
+                duration = result.samples / result.rate
                 write_vad_line(vad_out, inp, speech_segments(result.events, result.rate, duration, vad_stage))
     finally:
         if vad_out is not None:

@@ -17,6 +17,18 @@ that forgets the keys fails closed. See docs/security.md.
 Back-pressure: there is none, on purpose. Each subscriber has a send queue of ``hwm`` messages; when a
 slow subscriber's queue is full, its messages are dropped (it sees a ``seq`` gap) and the worker goes on
 at full speed. Sends are non-blocking, so even a misbehaving transport cannot stall the chain.
+
+Local sockets: an ``ipc://`` file socket is created with an explicit mode (``ipc_mode``, default 0660:
+owner and group; the process umask does not decide it) and removed when the publisher closes. An
+abstract ``ipc://@name`` has no file and so no permissions at all: any local user could subscribe, so it
+is refused without CURVE (or ``insecure``), like a network endpoint (:func:`voxd.security.is_local_endpoint`).
+
+Reconfiguring (a reload, :meth:`Publisher.reconfigure`): endpoints are bound and unbound on the running
+socket (a new one is bound before anything is given up, so an endpoint already in use changes nothing),
+the format and high-water mark change in place (the latter for subscribers that connect afterwards), and
+a new CURVE allow-list replaces the old; when it drops a key, every endpoint is rebound, which ends all
+connections: the clients still allowed reconnect and authenticate again (a few frames missed), the
+removed one is refused. Turning CURVE on or off, or another server key, needs a new socket.
 """
 
 from __future__ import annotations
@@ -44,6 +56,13 @@ _DRAIN_EVERY = 64
 # Distinct refused client keys remembered for logging each one once: a refused client restarted by its
 # supervisor comes back again and again, and a log line per attempt would flood the journal.
 _REFUSED_LOG_MAX = 256
+
+#: Largest message a subscriber may send us (bytes): subscriptions are short topic prefixes. ZeroMQ
+#: disconnects a peer that sends more, before buffering it.
+_MAX_INBOUND_BYTES = 4096
+
+#: Default mode of ipc:// socket files: owner and group may connect (the unit's group voxd).
+IPC_MODE = 0o660
 
 if TYPE_CHECKING:
     from voxd.config.model import OutputConfig
@@ -110,6 +129,7 @@ class Publisher:
         curve_public_key: bytes | None = None,
         curve_allowed_clients: Iterable[bytes] = (),
         insecure: bool = False,
+        ipc_mode: int = IPC_MODE,
     ) -> None:
         sample_width(fmt)  # fail on an unknown format before binding anything
         if curve_secret_key is None:
@@ -137,6 +157,11 @@ class Publisher:
         }
         #: The endpoints actually bound (a ``*`` port resolved to the chosen one), in order.
         self.endpoints: list[str] = []
+        self._bound: dict[str, str] = {}  # endpoint as configured -> as bound
+        self._ipc_files: dict[str, tuple[str, int, int]] = {}  # bound ipc endpoint -> (path, dev, inode)
+        self._ipc_mode = ipc_mode
+        self._insecure = insecure
+        self._secret: bytes | None = curve_secret_key
         self._subscriptions: set[bytes] = set()
         self._sends = 0
         self._closed = False
@@ -149,14 +174,17 @@ class Publisher:
         try:
             self._socket.setsockopt(zmq.SNDHWM, hwm)
             self._socket.setsockopt(zmq.LINGER, 0)  # until close() says how long to flush
+            self._socket.setsockopt(zmq.MAXMSGSIZE, _MAX_INBOUND_BYTES)
             if curve_secret_key is not None:
                 self._setup_curve(curve_secret_key, curve_public_key, curve_allowed_clients)
             for ep in endpoints:
-                self.endpoints.append(self._bind(ep))
+                self._bound[ep] = self._bind(ep)
+                self.endpoints.append(self._bound[ep])
         except BaseException:
             self._socket.close(linger=0)
             self._stop_auth()
             self._context.term()
+            self._remove_ipc_files()
             raise
         if self.curve_public_key is not None:
             assert self._allow is not None
@@ -172,7 +200,82 @@ class Publisher:
             keys = output.curve.keys
             kwargs.update(curve_secret_key=keys.secret_key, curve_public_key=keys.public_key,
                           curve_allowed_clients=keys.allowed_clients)
-        return cls(list(output.endpoints), fmt=output.format, hwm=output.hwm, stream_id=stream_id, **kwargs)
+        return cls(list(output.endpoints), fmt=output.format, hwm=output.hwm, stream_id=stream_id,
+                   ipc_mode=output.ipc_mode, **kwargs)
+
+    def reconfigure(self, output: OutputConfig) -> bool:
+        """Apply a changed ``output`` section to this running socket (see the module docstring).
+
+        Returns False, changing nothing, when it needs a new socket (CURVE turned on or off, another
+        server key). Raises :class:`VoxdError` (69) when a new endpoint cannot be bound, with every
+        setting as it was.
+        """
+        keys = output.curve.keys if output.curve is not None else None
+        if (keys is None) != (self._allow is None) or (keys is not None and keys.secret_key != self._secret):
+            return False
+        sample_width(output.format)
+        wanted = list(output.endpoints)
+        added = [ep for ep in wanted if ep not in self._bound]
+        removed = [ep for ep in self._bound if ep not in wanted]
+        if keys is None and not output.insecure:
+            open_eps = [ep for ep in added if not security.is_local_endpoint(ep)]
+            if open_eps:
+                raise VoxdError(f"output endpoint {open_eps[0]} is not loopback, ipc:// or inproc://: "
+                                "binding it needs CURVE keys (output.curve) or output.insecure: true",
+                                EX_CONFIG)
+        self._ipc_mode = output.ipc_mode
+        done: list[str] = []
+        try:
+            for ep in added:  # new endpoints first: if one fails, nothing has been given up yet
+                self._bound[ep] = self._bind(ep)
+                done.append(ep)
+        except VoxdError:
+            for ep in done:
+                self._unbind(self._bound.pop(ep))
+            raise
+        for ep in removed:
+            self._unbind(self._bound.pop(ep))
+        self.endpoints = [self._bound[ep] for ep in wanted]
+        if keys is None:
+            for ep in added:
+                if not security.is_local_endpoint(ep):
+                    log.warning("output endpoint %s has no CURVE keys (output.insecure: true): anyone who "
+                                "can reach it can listen to the audio", ep)
+        self._insecure = output.insecure
+        self.fmt = output.format
+        self._socket.setsockopt(zmq.SNDHWM, output.hwm)  # pipes made from now on (new connections)
+        if keys is not None:
+            assert self._allow is not None
+            revoked = self._allow.keys - keys.allowed_clients
+            self._allow.replace(keys.allowed_clients)
+            if revoked:
+                # ZAP asks only at the handshake: end every connection, so that each client has to pass
+                # the new allow-list to come back
+                log.info("%d client key(s) removed from the allow-list: every subscriber reconnects",
+                         len(revoked))
+                for ep in list(self.endpoints):
+                    self._unbind(ep)
+                    try:
+                        self._rebind(ep)
+                    except VoxdError:
+                        # another process took it in the instant it was free: this socket no longer
+                        # serves what the config says; close it (the daemon then stops, exit 69)
+                        self.close(linger_ms=0)
+                        raise
+        return True
+
+    def _rebind(self, bound: str, within_s: float = 2.0) -> None:
+        """Bind ``bound`` again right after unbinding it. libzmq closes a listener asynchronously (on its
+        I/O thread), so the port is busy for a moment: retry for up to ``within_s``."""
+        deadline = time.monotonic() + within_s
+        while True:
+            try:
+                self._bind(bound)
+                return
+            except VoxdError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.005)
 
     def _setup_curve(self, secret: bytes, public: bytes | None, allowed: Iterable[bytes]) -> None:
         """Make the socket a CURVE server with a ZAP allow-list; before any bind, so that no
@@ -208,23 +311,67 @@ class Publisher:
             self._auth = None
 
     def _bind(self, ep: str) -> str:
-        if ep.startswith("ipc://"):
-            path = ep[len("ipc://") :]
+        """Bind ``ep``; returns the endpoint as bound. An ``ipc://`` file is created with ``ipc_mode``."""
+        path = ep[len("ipc://") :] if ep.startswith("ipc://") else ""
+        # '@name' is Linux's abstract namespace: no file, no directory, no mode.
+        is_file = bool(path) and not path.startswith("@") and path != "*"
+        if is_file:
             parent = os.path.dirname(path)
-            # '@name' is Linux's abstract namespace: no file, no directory.
-            if parent and not path.startswith("@"):
+            if parent:
                 try:
                     os.makedirs(parent, exist_ok=True)
                 except OSError as e:
                     raise VoxdError(
                         f"output endpoint {ep}: cannot create {parent}: {e.strerror}", EX_UNAVAILABLE
                     ) from e
+            if self._ipc_mode & 0o007:
+                log.warning("output endpoint %s: ipc_mode %04o lets every local user connect", ep,
+                            self._ipc_mode)
+        # bind() creates the socket file with 0777 & ~umask: for that moment the umask is the complement
+        # of the wanted mode (so that no one else can connect before the chmod below), then restored
+        umask = os.umask(0o777 & ~self._ipc_mode) if is_file else None
         try:
             self._socket.bind(ep)
         except zmq.ZMQError as e:
             raise VoxdError(f"output endpoint {ep}: {e}", EX_UNAVAILABLE) from e
+        finally:
+            if umask is not None:
+                os.umask(umask)
         last = self._socket.getsockopt(zmq.LAST_ENDPOINT)
-        return last.decode() if isinstance(last, bytes) and last else ep
+        bound = last.decode() if isinstance(last, bytes) and last else ep
+        if is_file:
+            try:
+                os.chmod(path, self._ipc_mode)  # exact, whatever the umask left
+                st = os.stat(path)
+                self._ipc_files[bound] = (path, st.st_dev, st.st_ino)
+            except OSError as e:
+                self._socket.unbind(bound)
+                raise VoxdError(f"output endpoint {ep}: cannot set its mode: {e.strerror}",
+                                EX_UNAVAILABLE) from e
+        return bound
+
+    def _unbind(self, bound: str) -> None:
+        """Unbind an endpoint (as bound); ends its connections and removes its ipc file."""
+        try:
+            self._socket.unbind(bound)
+        except zmq.ZMQError as e:
+            log.warning("unbinding %s: %s", bound, e)
+        self._remove_ipc_files([bound])
+
+    def _remove_ipc_files(self, which: Iterable[str] | None = None) -> None:
+        """Remove the ipc socket files we created (libzmq leaves them behind), if they are still ours
+        (the same inode: another process may have taken the path since)."""
+        for bound in list(self._ipc_files if which is None else which):
+            entry = self._ipc_files.pop(bound, None)
+            if entry is None:
+                continue
+            path, dev, ino = entry
+            try:
+                st = os.stat(path)
+                if (st.st_dev, st.st_ino) == (dev, ino):
+                    os.unlink(path)
+            except OSError:
+                pass
 
     # ------------------------------------------------------------------------------------ sending
 
@@ -340,6 +487,7 @@ class Publisher:
         self._socket.close(linger=linger_ms)
         self._stop_auth()
         self._context.term()
+        self._remove_ipc_files()
 
     @property
     def closed(self) -> bool:
