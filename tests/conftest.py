@@ -12,6 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from hypothesis import HealthCheck, settings
+
+# Hypothesis profiles. The fuzzers (tests/test_fuzz_*.py) ask for a number of examples with their own
+# @settings; the profile decides whether those examples are random (a developer's run, "dev", which
+# keeps finding new cases) or the same every time (CI: "ci", derandomized, so that a failure seen in
+# CI reproduces on any machine with the same code). No example database in CI: a fresh clone has none,
+# and the derandomized runs need none. `HYPOTHESIS_PROFILE=NAME` picks one explicitly.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 pytest_plugins = ["tests.virtual_mic"]  # the make_virtual_mic fixture: a real PortAudio input device
 

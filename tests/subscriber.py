@@ -1,10 +1,13 @@
 """A real subscriber process for tests: records what a voxd stream delivers, then writes it out.
 
-    python tests/subscriber.py ENDPOINT OUT [--until EVENT ...] [--frames N] [--seconds S]
+    python tests/subscriber.py ENDPOINT OUT [--until EVENT ...] [--frames N] [--seconds S] [--progress]
 
 Prints ``ready`` once subscribed; stops at one of the ``--until`` events, after N audio frames, after S
 seconds, or on SIGTERM; writes ``OUT.json`` (seqs, pts, header side flags, arrival times, events,
-client counters) and ``OUT.pcm`` (the raw payloads, concatenated).
+client counters) and ``OUT.pcm`` (the raw payloads, concatenated). With ``--progress`` it also prints
+``event TYPE N`` for every event (N: audio frames so far), ``frames N`` every 10 audio frames and
+``stats overruns=N`` for every stats message, as they arrive, so that a test can wait for what
+happened rather than sleep for a guessed time.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ def main() -> int:
     ap.add_argument("--until", action="append", default=[])
     ap.add_argument("--frames", type=int)
     ap.add_argument("--seconds", type=float, default=120.0)
+    ap.add_argument("--progress", action="store_true")
     args = ap.parse_args()
     stop = False
 
@@ -53,14 +57,20 @@ def main() -> int:
                 info["discontinuity"].append(bool(msg.header.get("discontinuity", False)))
                 info["channels"], info["rate"] = msg.channels, msg.rate
                 chunks.append(msg.pcm)
+                if args.progress and len(chunks) % 10 == 0:
+                    print(f"frames {len(chunks)}", flush=True)
                 if args.frames is not None and len(chunks) >= args.frames:
                     break
             elif isinstance(msg, EventMessage):
                 info["events"].append({"type": msg.type, **msg.header})
+                if args.progress:
+                    print(f"event {msg.type} {len(chunks)}", flush=True)
                 if msg.type in args.until:
                     break
             elif isinstance(msg, StatsMessage):
                 info["stats"].append(msg.header)
+                if args.progress:
+                    print(f"stats overruns={msg.header.get('overruns', 0)}", flush=True)
         info["gaps"], info["restarts"] = sub.gaps, sub.restarts
     Path(args.out + ".json").write_text(json.dumps(info))
     Path(args.out + ".pcm").write_bytes(b"".join(chunks))

@@ -93,17 +93,16 @@ def test_sigterm_stops_cleanly_and_flushes(tmp_path: Path, free_port: int):
                    "chain: [{stage: passthrough_stft}, {stage: mix}]\n"
                    f"output: {{endpoints: ['{endpoint}'], wait_for_subscriber_s: 20}}\n")
     out = tmp_path / "sub"
-    sub = subprocess.Popen([sys.executable, SUBSCRIBER, endpoint, str(out), "--until", "stopping"],
-                           cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    sub = subprocess.Popen([sys.executable, SUBSCRIBER, endpoint, str(out), "--until", "stopping",
+                            "--progress"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     daemon = None
     try:
         assert sub.stdout is not None and sub.stdout.readline().strip() == "ready"
         daemon = subprocess.Popen([sys.executable, "-m", "voxd", "run", "--config", str(cfg)], cwd=ROOT,
                                   stderr=subprocess.PIPE, text=True)
-        import time
-
         assert daemon.stderr is not None and "publishing stream" in daemon.stderr.readline()
-        time.sleep(1.5)  # three loops of the recording
+        while sub.stdout.readline().strip() != "frames 80":  # 1.6 s: three loops of the recording
+            assert sub.poll() is None
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=10) == 0
         assert sub.wait(timeout=30) == 0
@@ -113,6 +112,6 @@ def test_sigterm_stops_cleanly_and_flushes(tmp_path: Path, free_port: int):
             daemon.kill()
     info = json.loads(Path(f"{out}.json").read_text())
     n = len(info["seqs"])
-    assert n > 30 and info["seqs"] == list(range(n)) and info["gaps"] == 0
+    assert n >= 80 and info["seqs"] == list(range(n)) and info["gaps"] == 0
     assert [e["type"] for e in info["events"]] == ["stopping"]
     assert len(Path(f"{out}.pcm").read_bytes()) == 2 * 320 * n

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from tests.conftest import make_recording, run_voxd
@@ -18,7 +17,7 @@ def test_status_prints_the_daemons_stats(tmp_path: Path, free_port: int) -> None
               "  - {stage: mix}\n")
     run = Running(cfg, free_port, tmp_path / "sub", seconds=30)
     try:
-        time.sleep(1.0)
+        run.wait_frames(20)  # the stats interval is 1 s: more than one went out while waiting below
         table = run_voxd("status", f"tcp://127.0.0.1:{free_port}", "--timeout", "5")
         as_json = run_voxd("status", f"tcp://127.0.0.1:{free_port}", "--timeout", "5", "--json")
         run.stop()
