@@ -3,6 +3,8 @@ inputs stay finite, the attenuation limit, mix, and bypass + one ``stage_error``
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from voxd_denoise.inhouse import BINS, MODEL, state_size
@@ -156,18 +158,33 @@ def test_mix_zero_returns_the_input_spectrum():
     np.testing.assert_allclose(half, 0.5 * offline(x) + 0.5 * ref, atol=1e-4)
 
 
-def test_broken_model_path_bypasses_with_one_event(tmp_path):
+def test_a_model_file_that_does_not_load_is_a_config_error(tmp_path):
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"not an onnx model")
+    with pytest.raises(ConfigError, match=r"test.yaml:3: .*does not load"):
+        build(f"chain:\n  - stage: denoise\n    model: {bad}\n")
+    gtcrn_model = Path(__file__).resolve().parents[1] / "plugins/voxd_denoise/models/gtcrn_simple.onnx"
+    with pytest.raises(ConfigError, match=r"is not a voxd model: it takes \['conv_cache'"):
+        build(f"chain:\n  - stage: denoise\n    model: {gtcrn_model}\n")
+
+
+def test_a_model_that_fails_to_open_at_run_time_bypasses_with_one_event(tmp_path, monkeypatch):
+    """The file was fine at check time and is gone (or broken) when the chain opens: bypass, one event."""
+    import voxd_denoise.inhouse as inhouse
+
+    def gone(model: bytes) -> None:
+        raise RuntimeError("the model went away")
+
+    monkeypatch.setattr(inhouse, "open_session", gone)
     events: list = []
     x = speechlike(RATE // 2)
-    chain = build(f"chain:\n  - stage: denoise\n    model: {bad}\n", events=events)
+    chain = build("chain:\n  - stage: denoise\n", events=events)
     y = spectra(chain, x)
     an = StftAnalysis(1, N_FFT, HOP)
     ref = np.stack([an.push(x[:, i * HOP : (i + 1) * HOP])[0] for i in range(x.shape[1] // HOP)])
     np.testing.assert_array_equal(y, ref)
     assert [t for t, _ in events] == ["stage_error"]
-    assert events[0][1]["stage"] == "denoise"
+    assert events[0][1]["stage"] == "denoise" and "went away" in events[0][1]["error"]
 
 
 def test_model_raising_bypasses_with_one_event():

@@ -271,6 +271,16 @@ def test_cli_check_missing_model_file_is_one_line(tmp_path):
     assert "does not exist" in lines[0]
 
 
+def test_cli_check_model_that_does_not_load_is_one_line(tmp_path):
+    bad = tmp_path / "garbage.onnx"
+    bad.write_bytes(b"\x00" * 100)
+    p = _check(tmp_path, f"  - {{stage: denoise, engine: gtcrn, model: {bad}}}\n")
+    assert p.returncode == 78
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "c.yaml:3" in lines[0] and "does not load" in lines[0]
+    assert "Traceback" not in p.stderr
+
+
 def test_cli_check_missing_package_is_one_line(tmp_path):
     # The edge that cannot exist in the test venv (which has the extra): the package is hidden from
     # the import system of the child process before voxd looks for it.

@@ -27,10 +27,11 @@ magnitudes clipped at 100) before an engine sees them, and the output is always 
   ``l`` input, ``l = 10^(-limit/20)`` (``dfn3`` applies it inside the model's spectrum, the others to
   the aligned time signal, which is the same mix).
 
-Then ``mix * denoised + (1 - mix) * input``. A missing engine package or model file is a config error
-(``voxd check``, exit 78). If a model fails at run time (raises, or for ``voxd`` returns non-finite
-values), the stage emits one ``stage_error`` event and passes its sanitised input through from then
-on, delayed by its declared delay so the stream stays aligned.
+Then ``mix * denoised + (1 - mix) * input``. A missing engine package, or a model file that is missing,
+does not load or lacks the engine's inputs and outputs, is a config error (``voxd check``, exit 78).
+If a model fails at run time (raises, or for ``voxd`` returns non-finite values), the stage emits one
+``stage_error`` event and passes its sanitised input through from then on, delayed by its declared
+delay so the stream stays aligned.
 """
 
 from __future__ import annotations
@@ -99,7 +100,30 @@ class DenoiseParams(StageParams):
             if importlib.util.find_spec(package) is None:
                 raise ValueError(f"engine '{self.engine}' needs the package {dist}, which is not installed: "
                                  f"pip install 'voxd[{extra}]'")
+        if self.model is not None:
+            check_model(self.model, self.engine)
         return self
+
+
+#: what a model file must offer, by engine: (input names, output names)
+INTERFACES = {"voxd": ({"spec", "state"}, {"enh", "state_out"}),
+              "gtcrn": ({"mix", *gtcrn.CACHES}, {"enh"})}
+
+
+def check_model(path: str, engine: str) -> None:
+    """Load the ONNX file at ``path`` and check it has ``engine``'s inputs and outputs; ValueError
+    saying why not (a config error at ``voxd check``, not a bypass at run time)."""
+    try:
+        session = open_session(model_bytes(path, ""))
+    except Exception as exc:  # onnxruntime's errors have no common base class
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"model file {path!r} does not load: {first}") from None
+    inputs = {i.name for i in session.get_inputs()}
+    outputs = {o.name for o in session.get_outputs()}
+    want_in, want_out = INTERFACES[engine]
+    if not (want_in <= inputs and want_out <= outputs):
+        raise ValueError(f"model file {path!r} is not a {engine} model: it takes {sorted(inputs)} and gives "
+                         f"{sorted(outputs)}, the engine needs {sorted(want_in)} -> {sorted(want_out)}")
 
 
 class Denoise(Stage):
