@@ -147,6 +147,19 @@ def test_attenuation_limit_is_honoured():
     assert _drop_db(0) == pytest.approx(0.0, abs=0.3)  # a 0 dB limit leaves the noise (gains >= 1)
 
 
+#: Noise-only white noise at -30 dBFS must come out at least this much quieter with the default
+#: attenuation limit (100 dB): the bundled model removed 44.5 dB when this floor was set (2026-12-07);
+#: a model that passes its input through (0 dB) or a much weaker one fails.
+NOISE_DROP_FLOOR_DB = 40.0
+
+
+def test_noise_only_input_drops_by_a_minimum():
+    free = _drop_db(None)
+    assert free >= NOISE_DROP_FLOOR_DB, f"noise-only input dropped by {free:.1f} dB only"
+    for limit in (12, 30):  # the limit is reached, less 3 dB (MODEL_CARD.md)
+        assert _drop_db(limit) >= limit - 3.0
+
+
 def test_mix_zero_returns_the_input_spectrum():
     x = speechlike(RATE)
     chain = build("chain:\n  - stage: denoise\n    mix: 0\n")
