@@ -16,7 +16,7 @@ chosen by a hash of the group name, so no validation file shares a group with a 
 
 Usage (one command; idempotent; about 6 minutes on 2 shared cores, 0.9 GB of downloads)::
 
-    python plugins/voxd_denoise/train/prepare_data.py --data /work/voxd-train/data \
+    python train/denoise/v1/prepare_data.py --data /work/voxd-train/data \
         --exclude-meta ../shared/bench/dev/mono/meta.jsonl --exclude-meta ../shared/bench/dev/asr/meta.jsonl \
         --exclude-meta ../shared/bench/dev/vad/meta.jsonl --exclude-meta ../shared/bench/dev/array/meta.jsonl
 

@@ -13,7 +13,7 @@
 Usage::
 
     V=/work/voxd-train/venv/bin/python
-    $V plugins/voxd_denoise/train/check_onnx.py /work/voxd-train/export/denoise.onnx \
+    $V train/denoise/v1/check_onnx.py /work/voxd-train/export/denoise.onnx \
         --checkpoint /work/voxd-train/runs/r1/best.pt --set ../shared/bench/dev/mono --items 8
 """
 

@@ -17,7 +17,7 @@ output spectrum depends on this hop and earlier ones only.
 
 Usage::
 
-    /work/voxd-train/venv/bin/python plugins/voxd_denoise/train/export_onnx.py \
+    /work/voxd-train/venv/bin/python train/denoise/v1/export_onnx.py \
         /work/voxd-train/runs/r1/best.pt /work/voxd-train/export/denoise.onnx
 """
 

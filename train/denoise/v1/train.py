@@ -4,10 +4,10 @@ Run from the repository root with the training venv (torch is not a runtime depe
 
     V=/work/voxd-train/venv/bin/python
     # fresh run (writes RUN/train.log, RUN/metrics.jsonl, RUN/ckpt-<step>.pt, RUN/best.pt)
-    nohup nice -n 19 $V plugins/voxd_denoise/train/train.py --data /work/voxd-train/data \
+    nohup nice -n 19 $V train/denoise/v1/train.py --data /work/voxd-train/data \
         --run /work/voxd-train/runs/r1 > /work/voxd-train/runs/r1.out 2>&1 &
     # resume the latest checkpoint of that run (same batches from there on: data are a function of step)
-    nohup nice -n 19 $V plugins/voxd_denoise/train/train.py --data /work/voxd-train/data \
+    nohup nice -n 19 $V train/denoise/v1/train.py --data /work/voxd-train/data \
         --run /work/voxd-train/runs/r1 --resume >> /work/voxd-train/runs/r1.out 2>&1 &
 
 Loss per utterance: ``0.05 * -SI-SDR(dB)`` plus a multi-resolution spectral term (STFT sizes 256, 512,
