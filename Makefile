@@ -37,9 +37,9 @@ INSTALL_CONFIG ?= config/default.yaml
 
 help:
 	@echo "make demo    set up, then run the daemon on demo/ with a subscriber writing $(DEMO_OUT)"
-	@echo "make test    set up, then ruff and pytest"
+	@echo "make test    set up, then ruff, mypy (strict: voxd/ and plugins/) and pytest"
 	@echo "make venv    install missing Debian packages ($(DEB_PACKAGES)) and $(VENV)"
-	@echo "make lint    ruff check ."
+	@echo "make lint    ruff check . and mypy"
 	@echo "make bench   chain cost: bench/chain_bench.py --config $(BENCH_CONFIG)"
 	@echo "make bench-peers  voxd vs RNNoise, DeepFilterNet3, WebRTC NS, SpeexDSP, noisereduce -> bench/RESULTS.md"
 	@echo "make clean   remove $(VENV), $(DEMO_OUT) and caches"
@@ -60,10 +60,12 @@ $(STAMP): pyproject.toml | debs
 
 test: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 demo: venv
 	@VENV="$(VENV)" DEMO_CONFIG="$(DEMO_CONFIG)" DEMO_OUT="$(DEMO_OUT)" ENDPOINT="$(ENDPOINT)" \
@@ -83,7 +85,7 @@ bench-peers: venv
 	nice -n 10 $(VENV)/bin/python bench/peers.py --wer
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) build dist .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(DEMO_OUT) build dist .pytest_cache .ruff_cache .mypy_cache .hypothesis
 	find . -path ./.git -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -prune -exec rm -rf {} +
 
 # The package, without its test tools, in its own venv; $(BINDIR)/voxd is what the unit's ExecStart runs.

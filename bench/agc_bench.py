@@ -4,7 +4,7 @@
     python bench/agc_bench.py [--dev DIR] [--param KEY=VALUE ...] [--engine webrtc|silero] [--json]
 
 Runs the chain ``vad -> agc`` (every agc parameter at its default unless ``--param``) through
-:func:`voxd.process.process_file`, exactly as ``voxd process`` would, with 10 ms output frames so that
+:func:`voxd.runtime.process_file`, exactly as ``voxd process`` would, with 10 ms output frames so that
 every chain frame's ``agc_gain_db`` side value is seen. Prints:
 
 1. **Level**: every clean item of dev/mono and dev/vad (36), each labelled utterance scaled to -50,
@@ -53,7 +53,7 @@ from voxd.config import LoadedConfig, load_config_text  # noqa: E402
 from voxd.frame import AudioFormat, Frame  # noqa: E402
 from voxd.pipeline import OutFrame, Pipeline  # noqa: E402
 from voxd.plugins import Plugins, load_plugins  # noqa: E402
-from voxd.process import process_file  # noqa: E402
+from voxd.runtime import process_file  # noqa: E402
 from voxd.sources.base import Block  # noqa: E402
 from voxd.stage import StageContext  # noqa: E402
 
@@ -361,7 +361,7 @@ def micro_stage(params: dict[str, Any]) -> Any:
 
     stage = Agc(AgcParams(**params), "agc")
     fmt = AudioFormat(RATE, 1, HOP)
-    stage.input_format = stage.output_format = fmt
+    stage.accept(fmt)
     stage.open(StageContext(rate=RATE))
     return stage
 

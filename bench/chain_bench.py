@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Chain cost: per-stage time per frame (p50/p99, microseconds), the whole chain's real-time factor,
 the algorithmic latency (declared and measured) and the peak RSS. A thin wrapper around
-:mod:`voxd.benchcmd`, the same as ``voxd bench``:
+:mod:`voxd.commands.bench`, the same as ``voxd bench``:
 
     python bench/chain_bench.py --config config/default.yaml [--input FILE] [--seconds 30] [--set K=V]
 """

@@ -13,7 +13,7 @@ the test set.) Steps:
    (``os.sched_setaffinity``) with OpenMP/BLAS/Rayon threads at 1; outputs in
    ``OUT/<system>/<id>.wav`` (default ``OUT`` = ``CACHE/out``; the WER part reads them);
 3. scores against the reference (the talker's direct path + early reflections at mic 0): PESQ-WB, STOI,
-   SI-SDR (``voxd.eval.score``, i.e. ``voxd.metrics``), after removing the system's lag (the median over
+   SI-SDR (``voxd.metrics.score``), after removing the system's lag (the median over
    the items of the cross-correlation peak within +-100 ms: one constant per system, as a consumer
    would); deltas paired against ``noisy`` (mic 0 as captured);
 4. with ``--wer``: word error rate through ``bench/asr.py``'s recognizers (PocketSphinx, Whisper);
@@ -22,9 +22,9 @@ the test set.) Steps:
 
 CPU RTF is CPU seconds per second of audio on one core. Peers: the processing call per item, stream
 state created beforehand and not counted (models load once, as in a daemon; for the 48 kHz peers the
-16 <-> 48 kHz resampling is counted). voxd: ``voxd bench`` (``voxd.benchcmd.bench``: the daemon's
+16 <-> 48 kHz resampling is counted). voxd: ``voxd bench`` (``voxd.commands.bench.bench``: the daemon's
 pipeline on a pre-built chain, resampling and framing included) over all the items back to back; the
-outputs come from ``voxd.process.process_file``, what ``voxd process`` writes.
+outputs come from ``voxd.runtime.process_file``, what ``voxd process`` writes.
 """
 
 from __future__ import annotations
@@ -94,20 +94,29 @@ class System:
     latency_note: str = ""
 
 
+def describe(sy: System) -> str:
+    """What ran, for the report: a voxd system's chain as its config (with the overrides) says it
+    (:meth:`voxd.config.VoxdConfig.describe_chain`, never a hand-written copy), then its note; a peer's
+    description as written."""
+    if sy.config is None:
+        return sy.description
+    from voxd.config import load_config
+
+    chain = load_config(str(ROOT / sy.config), list(sy.overrides)).config.describe_chain()
+    note = f"; {sy.description}" if sy.description else ""
+    return f"`{sy.config}`{' with ' + ' '.join(sy.overrides) if sy.overrides else ''}: {chain}{note}"
+
+
 SYSTEMS = (
     System("noisy", "noisy (mic 0)", "reference", "mic0", "mic 0 as captured, unprocessed", latency_ms=0.0),
     System("voxd-default", "voxd default", "voxd", "array",
-           "config/default.yaml: highpass -> vad -> noise -> doa -> beamform (mvdr, rtf) -> wiener -> agc",
-           config="config/default.yaml"),
+           "", config="config/default.yaml"),
     System("voxd-4mic", "voxd respeaker-4mic-hat", "voxd", "array",
-           "config/respeaker-4mic-hat.yaml: the default chain without highpass and agc (benchmark variant)",
-           config="config/respeaker-4mic-hat.yaml"),
+           "the array chain with a post-filter (benchmark variant)", config="config/respeaker-4mic-hat.yaml"),
     System("voxd-mono-neural", "voxd mono-neural", "voxd", "mic0",
-           "config/mono-neural.yaml: vad (silero) -> denoise (bundled model, attenuation limit 100 dB)",
-           config="config/mono-neural.yaml"),
+           "", config="config/mono-neural.yaml"),
     System("voxd-specsub", "voxd spectral subtraction", "voxd", "mic0",
-           "config/examples/spectral-subtraction.yaml: noise (IMCRA) -> spectral_subtraction (the seed's)",
-           config="config/examples/spectral-subtraction.yaml"),
+           "the seed's suppressor", config="config/examples/spectral-subtraction.yaml"),
     System("rnnoise", "RNNoise", "peer", "mic0",
            "pyrnnoise's librnnoise at 48 kHz (soxr VHQ 16k->48k->16k), 10 ms frames", package="pyrnnoise",
            latency_ms=20.0,
@@ -450,9 +459,10 @@ def _voxd_worker(sys_: System, items: list[dict[str, Any]], paths: list[Path], o
     """voxd: outputs with ``process_file`` (what ``voxd process`` writes); cost and latency with
     ``voxd bench``'s measurement over all the inputs back to back (``quick``: the ``process_file`` calls'
     cost and the declared latency instead, for sweeps)."""
-    from voxd.benchcmd import bench
+    from voxd.commands.bench import bench
     from voxd.config import load_config
-    from voxd.process import process_file, write_wav
+    from voxd.runtime import process_file
+    from voxd.wavout import write_wav
 
     assert sys_.config is not None
     config = str(ROOT / sys_.config)
@@ -511,7 +521,7 @@ def run_system(name: str, set_dir: Path, inputs: Path, out_root: Path, ids: Sequ
 # ---------------------------------------------------------------- scoring
 def score_system(name: str, items: list[dict[str, Any]], set_dir: Path, out_root: Path) -> dict[str, Any]:
     """Align (one median lag per system) and score every item: ``{"lag_ms", "items": {id: {...}}}``."""
-    from voxd.eval import score
+    from voxd.metrics import score
 
     max_lag = round(MAX_LAG_S * RATE)
     refs, outs, lags = {}, {}, []
@@ -806,7 +816,7 @@ def build_report(a: argparse.Namespace, argv: list[str] | None, names: list[str]
         sy = BY_NAME[name]
         t = timings[name]
         rec: dict[str, Any] = {"name": name, "label": sy.label, "kind": sy.kind, "input": sy.input,
-                               "description": sy.description, "config": sy.config}
+                               "description": describe(sy), "config": sy.config}
         if "unavailable" in t:
             rec |= {"status": "not run", "reason": t["unavailable"]}
             systems.append(rec)
@@ -1007,13 +1017,13 @@ METHOD = [
     f"±{MAX_LAG_S * 1000:g} ms; one lag per system (the median over items) is removed from all its outputs "
     "before scoring, as a consumer would. Peers' own delays are removed by their wrappers and voxd removes "
     "its own, so the lag column is ≈ 0 when the latency figure is right.",
-    "- **Metrics**: `voxd.eval.score` (`voxd.metrics`: PESQ-WB via `pesq`, STOI via `pystoi`, SI-SDR) "
+    "- **Metrics**: `voxd.metrics.score` (PESQ-WB via `pesq`, STOI via `pystoi`, SI-SDR) "
     "against the reference; a PESQ that finds no utterance is NaN and left out pairwise.",
     "- **CPU RTF**: each system runs in its own child process pinned with `os.sched_setaffinity` to one "
     "core, with OMP/OpenBLAS/MKL/Rayon threads at 1. Peers: `time.process_time()` around the call that "
     "processes one item, stream state (and model) made before it; the 48 kHz peers' resampling counts. "
     "voxd: `voxd bench`'s whole-chain RTF (the daemon's pipeline: resampling, framing, chain) over all "
-    "items back to back; the outputs scored are `voxd.process.process_file`'s (= `voxd process`), whose "
+    "items back to back; the outputs scored are `voxd.runtime.process_file`'s (= `voxd process`), whose "
     "whole-call cost with a chain built per file is `rtf_cpu_process_file` in the JSON. The machine's 2 "
     "cores were shared with other work: RTFs vary by ±20 % or more between runs.",
     "- **Latency**: algorithmic, counted like `voxd bench`: how many samples the output lags the input, "

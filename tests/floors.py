@@ -2,7 +2,7 @@
 
 Every config in ``config/*.yaml`` runs, as ``voxd process`` runs it, on a few items of the shared dev
 set (``../shared/bench/dev``: noisy input, clean reference); the output's channel 0 is scored against
-the clean reference with ``voxd eval``'s scorer (:func:`voxd.commands.eval.score`): SI-SDR (dB),
+the clean reference with ``voxd eval``'s scorer (:func:`voxd.metrics.score`): SI-SDR (dB),
 PESQ-WB and STOI, each the mean over the config's items. The CPU cost is the process CPU time of the
 whole run (decoding, resampling, chain, framing) over the audio's duration: the real-time factor on
 speech, as ``voxd bench`` reports it (``rtf_cpu``), on this run's items.
@@ -86,9 +86,8 @@ def measure(config: str | Path, items: tuple[str, ...]) -> dict[str, float]:
     """Mean SI-SDR (dB), PESQ-WB, STOI of ``config``'s output over ``items``, and ``rtf``: the CPU time
     of the runs over their audio duration (s/s)."""
     from voxd.config import load_config
-    from voxd.eval import _resample as resample_hq
-    from voxd.eval import score
-    from voxd.process import process_file
+    from voxd.metrics import resample_hq, score
+    from voxd.runtime import process_file
     from voxd.sources.file import read_audio
 
     loaded = load_config(str(config))

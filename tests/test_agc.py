@@ -56,8 +56,7 @@ def plugins() -> Plugins:
 def make_stage(channels: int = 1, **params: Any) -> Agc:
     stage = Agc(AgcParams(**params), "agc")
     fmt = AudioFormat(RATE, channels, HOP)
-    stage.input_format = fmt
-    stage.output_format = stage.negotiate(fmt)
+    stage.accept(fmt)
     stage.open(StageContext(rate=RATE))
     return stage
 

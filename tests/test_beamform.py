@@ -21,7 +21,7 @@ C = 343.0
 def make_stage(positions: np.ndarray, **params: object) -> Beamformer:
     stage = Beamformer(BeamformParams(**params), "bf")
     fmt = AudioFormat(RATE, len(positions), HOP, Domain.SPECTRAL, N_FFT)
-    stage.input_format, stage.output_format = fmt, stage.negotiate(fmt)
+    stage.accept(fmt)
     stage.open(StageContext(rate=RATE, positions=positions))
     return stage
 

@@ -25,9 +25,9 @@ import zmq
 
 from tests.conftest import ROOT
 from voxd.client import Subscriber
+from voxd.commands.listen import listen
 from voxd.config import load_config_text
 from voxd.errors import EX_CANTCREAT, EX_CONFIG, EX_UNAVAILABLE, EX_USAGE, ConfigError, VoxdError
-from voxd.listen import listen
 from voxd.plugins import Plugins, StageRegistry
 from voxd.publisher import Publisher
 from voxd.security import generate_keypair, is_local_endpoint

@@ -106,7 +106,7 @@ def open_stage(positions: np.ndarray, events: Events | None = None, **params) ->
     """A ``doa`` stage negotiated and opened for ``positions`` ``(M, 3)`` as the chain would do it."""
     stage = Doa(DoaParams(**params), "doa")
     fmt = AudioFormat(RATE, positions.shape[0], HOP, Domain.SPECTRAL, N_FFT)
-    stage.input_format, stage.output_format = fmt, stage.negotiate(fmt)
+    stage.accept(fmt)
     stage.open(StageContext(rate=RATE, positions=positions, emit=events or Events()))
     return stage
 

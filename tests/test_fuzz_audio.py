@@ -1,7 +1,7 @@
 """Fuzzing the audio readers (issue 16, class 5): random and damaged headers and bodies.
 
 A sound file is read by ``file_info`` (``voxd check``), :class:`~voxd.sources.FileSource` (``voxd run``)
-and :func:`~voxd.process.process_file` (``voxd process``). Whatever the bytes, each either delivers
+and :func:`~voxd.runtime.process_file` (``voxd process``). Whatever the bytes, each either delivers
 audio of the shape it announced or raises :class:`~voxd.errors.InputError` (exit 65, one line naming
 the file) — never libsndfile's own exceptions, never a ZeroDivisionError from a header's zero rate.
 Files are made by libsndfile itself (WAV in several subtypes, FLAC), then truncated, overwritten in
@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 
 from voxd.config import load_config_text
 from voxd.errors import EX_DATAERR, InputError
-from voxd.process import WavOut, process_file
+from voxd.runtime import process_file
 from voxd.sources.file import FileSource, file_info
+from voxd.wavout import WavOut
 
 FORMATS = [("WAV", "PCM_16"), ("WAV", "FLOAT"), ("WAV", "PCM_24"), ("FLAC", "PCM_16"), ("WAV", "ULAW")]
 

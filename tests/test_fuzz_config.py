@@ -236,9 +236,9 @@ def test_any_config_loads_or_fails_with_located_lines(tree: dict[str, Any], chan
         return
     event(f"chain of {len(chain.stages())} stages ran")
     cfg = loaded.config
-    from voxd.process import positions_of, speed_of_sound_of
+    from voxd.runtime import open_chain
 
-    chain.open(cfg.processing.rate, positions_of(loaded), speed_of_sound=speed_of_sound_of(loaded))
+    open_chain(loaded, chain)
     try:
         out_frame = max(1, round(chain.in_format.rate * cfg.output.frame_ms / 1000))
         pipe = Pipeline(chain, cfg.processing.rate, out_frame)

@@ -34,7 +34,7 @@ from voxd.chain import Chain, build_chain
 from voxd.config import load_config_text
 from voxd.frame import SAMPLE_LIMIT, Flags, Frame
 from voxd.pipeline import Pipeline
-from voxd.process import positions_of, speed_of_sound_of
+from voxd.runtime import open_chain
 from voxd.sources.base import Block
 from voxd.sources.file import read_audio
 
@@ -76,7 +76,7 @@ def _chain(name: str) -> tuple[Chain, Any]:
     text = f"capture: {{type: file, path: x.wav}}\n{ARRAY}chain: {CHAINS[name]}\n"
     loaded = load_config_text(text, f"{name}.yaml")
     chain = build_chain(loaded, 4)
-    chain.open(RATE, positions_of(loaded), speed_of_sound=speed_of_sound_of(loaded))
+    open_chain(loaded, chain)
     return chain, loaded
 
 
@@ -212,9 +212,10 @@ def test_a_stage_that_outputs_nan_is_reset_with_the_whole_chain() -> None:
 
     chain, _ = _chain("wiener")
     events: list[tuple[str, dict[str, Any]]] = []
-    node = StageNode(Nan(StageParams(), "nan"), "nan", "reset")
-    node.in_format = node.out_format = chain.in_format
-    node._emit = lambda type, **f: events.append((type, f))
+    nan = Nan(StageParams(), "nan")
+    nan.accept(chain.in_format)
+    node = StageNode(nan, "nan", "reset")
+    node.emit = lambda type, **f: events.append((type, f))
     chain.nodes.insert(0, node)
     outs = []
     for seq in range(12):

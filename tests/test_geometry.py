@@ -24,11 +24,10 @@ from voxd.geometry import (
     max_delay_s,
     mic_azimuths_deg,
     preset_positions,
-    resolve_positions,
 )
 from voxd.hookspecs import hookimpl
 from voxd.plugins import Plugins, StageRegistry, load_plugins
-from voxd.process import positions_of, speed_of_sound_of
+from voxd.runtime import open_chain
 from voxd.stage import Stage, StageContext
 
 BENCH_META = Path(__file__).resolve().parents[2] / "shared" / "bench" / "dev" / "array" / "meta.jsonl"
@@ -157,29 +156,29 @@ def test_max_delay_of_the_4mic_hat_is_its_diameter() -> None:
 
 def test_preset_resolves_and_speed_of_sound_defaults(plugins: Plugins) -> None:
     loaded = load("array: {preset: respeaker-6mic}\n", plugins)
-    np.testing.assert_array_equal(positions_of(loaded), preset_positions("respeaker-6mic"))
-    assert speed_of_sound_of(loaded) == SPEED_OF_SOUND == 343.0
+    np.testing.assert_array_equal(loaded.config.mic_positions(), preset_positions("respeaker-6mic"))
+    assert loaded.config.speed_of_sound == SPEED_OF_SOUND == 343.0
     no_array = load("", plugins)
-    assert positions_of(no_array) is None and speed_of_sound_of(no_array) == 343.0
-    assert resolve_positions(None) is None
+    assert no_array.config.mic_positions() is None and no_array.config.speed_of_sound == 343.0
+    assert no_array.config.array is None
 
 
 def test_linear_preset_from_the_config(plugins: Plugins) -> None:
     loaded = load("array: {preset: linear, count: 2, spacing: 0.1, speed_of_sound: 340}\n", plugins)
-    np.testing.assert_array_equal(positions_of(loaded), [[-0.05, 0, 0], [0.05, 0, 0]])
-    assert speed_of_sound_of(loaded) == 340
+    np.testing.assert_array_equal(loaded.config.mic_positions(), [[-0.05, 0, 0], [0.05, 0, 0]])
+    assert loaded.config.speed_of_sound == 340
 
 
 def test_explicit_positions_win_over_the_preset(plugins: Plugins) -> None:
     # as the benchmark runs it: a preset config, positions given with --set
     override = "array.positions=[[0.1,0,0],[0,0.1,0],[-0.1,0,0]]"
     loaded = load("array:\n  preset: respeaker-4mic-hat\n", plugins, (override,))
-    positions = positions_of(loaded)
+    positions = loaded.config.mic_positions()
     assert positions is not None and positions.dtype == np.float64
     np.testing.assert_array_equal(positions, [[0.1, 0, 0], [0, 0.1, 0], [-0.1, 0, 0]])
     # both in the file is fine too
     both = load("array:\n  preset: respeaker-6mic\n  positions: [[0, 0, 0], [0.1, 0, 0]]\n", plugins)
-    np.testing.assert_array_equal(positions_of(both), [[0, 0, 0], [0.1, 0, 0]])
+    np.testing.assert_array_equal(both.config.mic_positions(), [[0, 0, 0], [0.1, 0, 0]])
 
 
 def test_unknown_preset(plugins: Plugins) -> None:
@@ -274,7 +273,7 @@ def test_open_gives_the_stage_positions_and_speed_of_sound(plugins: Plugins) -> 
     loaded = load("array: {preset: linear, count: 3, spacing: 0.05, speed_of_sound: 350}\n"
                   "chain: [{stage: geo}]\n", plugins)
     chain = build_chain(loaded, 3)
-    chain.open(16000, positions_of(loaded), speed_of_sound=speed_of_sound_of(loaded))
+    open_chain(loaded, chain)
     ctx = Geo.opened
     assert ctx is not None and ctx.speed_of_sound == 350
     assert ctx.positions is not None

@@ -234,7 +234,7 @@ def test_mono_covariance_is_the_psd():
 def _stage(channels: int = 2, **params) -> NoiseEstimator:
     stage = NoiseEstimator(NoiseParams(**params), "noise")
     fmt = AudioFormat(RATE, channels, HOP, Domain.SPECTRAL, N_FFT)
-    stage.input_format = stage.output_format = stage.negotiate(fmt)
+    stage.accept(fmt)
     stage.open(StageContext(rate=RATE))
     return stage
 

@@ -12,8 +12,9 @@ from voxd.chain import build_chain
 from voxd.config import load_config_text
 from voxd.errors import StageError
 from voxd.frame import Flags, Frame
-from voxd.pipeline import Pipeline, event_emitter
+from voxd.pipeline import Pipeline
 from voxd.plugins import load_plugins
+from voxd.runtime import event_emitter
 from voxd.sources.base import Block
 from voxd.stage import Stage, StageParams
 

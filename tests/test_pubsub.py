@@ -18,8 +18,8 @@ import pytest
 import soundfile as sf
 
 from voxd.client import Subscriber
+from voxd.commands.listen import listen
 from voxd.errors import EX_DATAERR, EX_UNAVAILABLE, VoxdError
-from voxd.listen import listen
 from voxd.publisher import Publisher
 from voxd.wire import AudioMessage, EventMessage, StatsMessage, encode_pcm, float_to_s16
 
@@ -322,7 +322,8 @@ def test_listen_refuses_a_format_change_and_keeps_what_it_has(tmp_path: Path, ca
 
 
 LISTEN = (
-    "import sys; from voxd.listen import listen; sys.exit(listen(sys.argv[1], sys.argv[2] or None, None))"
+    "import sys; from voxd.commands.listen import listen; "
+    "sys.exit(listen(sys.argv[1], sys.argv[2] or None, None))"
 )
 
 

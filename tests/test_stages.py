@@ -19,8 +19,7 @@ RATE = 16000
 def make(cls: type[Stage], n_in: int = 2, **params) -> Stage:
     stage = cls(cls.Params(**params), cls.kind)
     fmt = AudioFormat(RATE, n_in, 160)
-    stage.output_format = stage.negotiate(fmt)
-    stage.input_format = fmt
+    stage.accept(fmt)
     stage.open(StageContext(rate=RATE))
     return stage
 

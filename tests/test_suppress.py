@@ -78,7 +78,7 @@ class FixedNoise(Stage):
 def _suppressor(cls: type[Stage], channels: int = 1, **params) -> Stage:
     stage = cls(cls.Params(**params), cls.kind)
     fmt = AudioFormat(RATE, channels, HOP, Domain.SPECTRAL, N_FFT)
-    stage.input_format = stage.output_format = stage.negotiate(fmt)
+    stage.accept(fmt)
     stage.open(StageContext(rate=RATE))
     return stage
 

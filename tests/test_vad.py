@@ -19,9 +19,10 @@ from voxd_vad.stage import ENGINE_DEFAULTS, Vad, VadParams
 
 from tests.conftest import ROOT, run_with_subscriber
 from voxd.chain import build_chain
+from voxd.commands.process import speech_segments
 from voxd.config import load_config
 from voxd.frame import AudioFormat, Flags, Frame, header_side
-from voxd.process import process_file, speech_segments
+from voxd.runtime import process_file
 from voxd.stage import FormatError, StageContext
 
 RATE = 16000
@@ -50,8 +51,7 @@ def make_stage(channels: int = 1, rate: int = RATE, **params) -> tuple[Vad, Even
     """An opened ``vad`` stage and the list its events go to, as ``(type, pts)``."""
     stage = Vad(VadParams(**params), "vad")
     fmt = AudioFormat(rate, channels, rate // 100)
-    stage.input_format = fmt
-    stage.output_format = stage.negotiate(fmt)
+    stage.accept(fmt)
     events: Events = []
 
     def emit(type: str, pts: int | None = None, **fields) -> None:

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from voxd.errors import ConfigError, StageError
+from voxd.errors import ConfigError, FormatError, StageError
 from voxd.frame import AudioFormat, Domain, Flags, Frame, finite_within
-from voxd.geometry import SPEED_OF_SOUND, resolve_positions
-from voxd.stage import FormatError, Stage, StageContext
+from voxd.geometry import SPEED_OF_SOUND
+from voxd.stage import EventSink, Stage, StageContext, discard_events
 from voxd.stft import StftAnalysis, StftSynthesis
 
 if TYPE_CHECKING:
@@ -29,7 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("voxd.chain")
 
-Emit = Callable[..., None]
+#: ``emit(type, pts=..., **fields)``: where a chain's stages send their events (the stage API's sink).
+Emit = EventSink
 TIMING_WINDOW = 2048  # per-node ring of recent frame times, for p50/p99
 #: A stage output whose sum of squares exceeds this square is checked value by value for NaN/inf (the
 #: fast test cannot tell a huge value from an infinite one); far above any real spectrum or signal.
@@ -119,17 +119,24 @@ class SynthesisNode(Node):
 class StageNode(Node):
     """A configured stage with its ``on_error`` policy (``bypass``, ``reset`` or ``fail``)."""
 
-    def __init__(self, stage: Stage, kind: str, on_error: str) -> None:
+    def __init__(self, stage: Stage[Any], kind: str, on_error: str) -> None:
         super().__init__()
         self.stage, self.name, self.kind, self.on_error = stage, stage.name, kind, on_error
+        self.in_format, self.out_format = stage.input_format, stage.output_format
         self.bypassed = False
         self.errors = 0
         self.nonfinite = 0  # frames whose output held NaN or infinity
         #: set when this frame's output was not finite: the chain resets every node after the frame
         #: (the NaN may come from an earlier stage's side value, e.g. a poisoned noise estimate)
         self.tainted = False
-        self._emit: Emit = lambda *a, **k: None
+        #: where this node's ``stage_error`` events go: the context's ``emit`` once opened
+        self.emit: Emit = discard_events
         self._last_report = 0.0
+
+    def open(self, ctx: StageContext) -> None:
+        """Open the stage with ``ctx``; the node's own events go to ``ctx.emit`` too."""
+        self.emit = ctx.emit
+        self.stage.open(ctx)
 
     def process(self, frame: Frame) -> Frame:
         if self.bypassed:
@@ -164,7 +171,7 @@ class StageNode(Node):
             self._last_report = now
             action = "bypassed" if self.bypassed else "reset"
             log.warning("%s; %s (error #%d)", what, action, self.errors)
-            self._emit("stage_error", pts=frame.pts, stage=self.name, kind=self.kind,
+            self.emit("stage_error", pts=frame.pts, stage=self.name, kind=self.kind,
                        error=f"{type(exc).__name__}: {exc}", action=action, count=self.errors)
         return self._fallback(frame)
 
@@ -218,17 +225,14 @@ class Chain:
              speed_of_sound: float = SPEED_OF_SOUND) -> None:
         """Open every stage with a context: chain ``rate`` (Hz), mic ``positions`` float64 ``(M, 3)`` (m)
         or None, ``speed_of_sound`` (m/s); ``emit(type, seq=..., **fields)`` publishes events."""
-        sink: Emit = emit or (lambda *a, **k: None)
-        for node in self.nodes:
-            if isinstance(node, StageNode):
-                node._emit = sink
-                ctx = StageContext(rate=rate, positions=positions, speed_of_sound=speed_of_sound, emit=sink,
-                                   log=logging.getLogger(f"voxd.stage.{node.name}"))
-                node.stage.open(ctx)
+        sink: Emit = emit or discard_events
+        for node in self.stages():
+            node.open(StageContext(rate=rate, positions=positions, speed_of_sound=speed_of_sound, emit=sink,
+                                   log=logging.getLogger(f"voxd.stage.{node.name}")))
         for name in self.taps:
-            node = next(n for n in self.nodes if n.name == name)
-            if node.out_format.domain is Domain.SPECTRAL:
-                fmt = node.out_format
+            tapped = next(n for n in self.nodes if n.name == name)
+            if tapped.out_format.domain is Domain.SPECTRAL:
+                fmt = tapped.out_format
                 self._tap_synth[name] = StftSynthesis(fmt.channels, fmt.n_fft, fmt.frame)
 
     def process(self, frame: Frame) -> Frame:
@@ -332,7 +336,7 @@ def build_chain(loaded: LoadedConfig, input_channels: int) -> Chain:
     n_fft = round(proc.rate * proc.window_ms / 1000)
     in_format = AudioFormat(proc.rate, input_channels, hop)
     errors = _side_key_errors(loaded)
-    positions = resolve_positions(cfg.array)
+    positions = cfg.mic_positions()
     n_positions = None if positions is None else positions.shape[0]
 
     nodes: list[Node] = []
@@ -358,16 +362,13 @@ def build_chain(loaded: LoadedConfig, input_channels: int) -> Chain:
             fmt = None  # like a format error: the stage cannot run on this input
             continue
         try:
-            out = stage.negotiate(fmt)
+            out = stage.accept(fmt)
         except FormatError as exc:
             errors.append(loaded.error(("chain", spec.index),
                           f"stage '{spec.name}' ({spec.kind}) cannot take {fmt.describe()}: {exc}"))
             fmt = None
             continue
-        stage.input_format, stage.output_format = fmt, out
-        node = StageNode(stage, spec.kind, spec.on_error)
-        node.in_format, node.out_format = fmt, out
-        nodes.append(node)
+        nodes.append(StageNode(stage, spec.kind, spec.on_error))
         fmt = out
     if fmt is not None and fmt.domain is Domain.SPECTRAL:
         nodes.append(SynthesisNode(fmt))

@@ -17,9 +17,13 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from voxd import __version__
 from voxd.errors import ConfigError, VoxdError
+
+if TYPE_CHECKING:
+    from voxd.config import LoadedConfig
 
 
 def _add_config(p: argparse.ArgumentParser, positional: bool = False) -> None:
@@ -32,7 +36,7 @@ def _add_config(p: argparse.ArgumentParser, positional: bool = False) -> None:
                    help="override a config value (YAML syntax), e.g. chain.2.db=6; repeatable")
 
 
-def _load(args: argparse.Namespace):  # -> LoadedConfig
+def _load(args: argparse.Namespace) -> LoadedConfig:
     from voxd.config import load_config
 
     path = getattr(args, "config", None) or getattr(args, "config_pos", None)
@@ -60,45 +64,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_process(args: argparse.Namespace) -> int:
-    from voxd.process import (
-        WavOut,
-        check_out_dir,
-        open_vad_out,
-        output_paths,
-        process_file,
-        speech_segments,
-        speech_stage,
-        write_vad_line,
-    )
+    from voxd.commands.process import process
 
     loaded = _load(args)
     _setup_logging(loaded.config.log.level if args.verbose else "warning")
-    pairs = output_paths(args.inputs, args.out_dir)
-    vad_stage = speech_stage(loaded) if args.vad_out else None  # 64 before any work if there is no VAD
-    if args.out_dir is not None:
-        check_out_dir(args.out_dir)  # 73 before any work
-    progress = sys.stderr.isatty() and not args.quiet
-    vad_out = open_vad_out(args.vad_out) if args.vad_out else None
-    try:
-        for inp, outp in pairs:
-            out = WavOut(outp)  # 73 before this input is processed
-            try:
-                result = process_file(loaded, inp, progress=progress, out=out)
-            except BaseException:
-                out.discard()  # no half-written output next to an error
-                raise
-            out.close()
-            if vad_out is not None:
-                duration = result.samples / result.rate
-                write_vad_line(vad_out, inp, speech_segments(result.events, result.rate, duration, vad_stage))
-    finally:
-        if vad_out is not None:
-            vad_out.close()
-    return 0
+    return process(loaded, args.inputs, out_dir=args.out_dir, vad_out=args.vad_out,
+                   progress=sys.stderr.isatty() and not args.quiet)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from voxd.benchcmd import bench, table  # first: it pins BLAS threads before numpy is imported
+    from voxd.commands import single_thread_blas
+
+    single_thread_blas()  # first: before anything loads numpy
+    from voxd.commands.bench import bench, table
 
     if args.seconds <= 0:
         raise VoxdError(f"bench: --seconds must be positive, got {args.seconds:g}", 64)
@@ -108,9 +86,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from voxd.eval import run_eval
+    from voxd.commands.eval import run_eval
 
-    return run_eval(args)
+    # a bar only on a terminal, never in logs or pipes
+    return run_eval(args.config, args.overrides, noisy=args.noisy, clean=args.clean, set_dir=args.set_dir,
+                    items=args.items, gate=args.gate, plot=args.plot, strict=args.strict, as_json=args.json,
+                    progress=not args.quiet and sys.stderr.isatty())
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -120,6 +101,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     loaded = _load(args)
     cfg = loaded.config
     if cfg.capture.type == "file":
+        assert cfg.capture.path is not None  # FileCapture's validator requires one
         try:
             channels = file_info(cfg.capture.path)[1]
         except VoxdError as exc:
@@ -167,14 +149,14 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
-    from voxd.listen import listen
+    from voxd.commands.listen import listen
 
     return listen(args.endpoint, args.out, args.seconds, topic=args.topic, quiet=args.quiet,
                   **client_keys(args))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from voxd.status import status
+    from voxd.commands.status import status
 
     return status(args.endpoint, args.timeout, sys.stdout, as_json=args.json, **client_keys(args))
 

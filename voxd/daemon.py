@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
@@ -49,9 +49,10 @@ from voxd.config.background import BackgroundLoad
 from voxd.config.model import OutputConfig
 from voxd.errors import EX_SOFTWARE, ConfigError, VoxdError
 from voxd.notify import Notifier, WatchdogPinger
-from voxd.pipeline import OutFrame, Pipeline, event_emitter
-from voxd.process import positions_of, speed_of_sound_of
+from voxd.pipeline import OutFrame, Pipeline
 from voxd.publisher import Publisher
+from voxd.runtime import make_pipeline, open_chain, output_frame_samples
+from voxd.side import watched_names
 from voxd.sources import FileSource, Source
 
 log = logging.getLogger("voxd.daemon")
@@ -64,6 +65,7 @@ def make_source(loaded: LoadedConfig) -> Source:
     """The source the ``capture`` section describes (not opened)."""
     cap = loaded.config.capture
     if cap.type == "file":
+        assert cap.path is not None  # FileCapture's validator requires one
         return FileSource(cap.path, realtime=cap.realtime, loop=cap.loop)
     if cap.type == "pyaudio":
         from voxd.sources.live import LiveSource
@@ -89,6 +91,41 @@ class Reload:
     errors: tuple[str, ...] = ()
 
 
+@dataclass
+class WorkerState:
+    """Everything the worker thread runs with, in one place: created by :meth:`Daemon.prepare`, then
+    owned by the worker thread, which changes it in place (a reload swaps ``loaded``, ``chain``,
+    ``pipe``, ``source``, ``pub``). The main thread only reads ``loaded``, ``source.channels``,
+    ``chain`` and the counters (for a reload's diff and the systemd status line).
+
+    ``loaded``: the config in effect; ``source``: the capture source; ``chain``: the chain in effect
+    (``pipe.chain`` once running); ``pipe``: the pipeline (None until the worker starts); ``pub``: the
+    publisher (created, used and closed on the worker thread only); ``chain_closed``: the chain was
+    closed at the end of the stream; ``last_seq``: ``seq`` of the last published audio frame (-1:
+    none); ``frames``: audio frames published; ``reloads``: reloads applied; ``ready_sent``: systemd
+    was told READY (after the first frame); ``win_frames``/``win_speech``: published / speech frames
+    since the last ``stats`` message; ``last_side``: the side values of the last published frame;
+    ``corrupt_reported``: ``pipe.corrupt_blocks`` at the last ``input_invalid`` event, which may come
+    again at ``next_input_event`` (monotonic s) at the earliest.
+    """
+
+    loaded: LoadedConfig
+    source: Source
+    chain: Chain
+    pipe: Pipeline | None = None
+    pub: Publisher | None = None
+    chain_closed: bool = False
+    last_seq: int = -1
+    frames: int = 0
+    reloads: int = 0
+    ready_sent: bool = False
+    win_frames: int = 0
+    win_speech: int = 0
+    last_side: dict[str, Any] = field(default_factory=dict)
+    corrupt_reported: int = 0
+    next_input_event: float = 0.0
+
+
 class Daemon:
     """One running instance: build with a loaded config, then :meth:`run` until stopped or the end.
 
@@ -101,42 +138,33 @@ class Daemon:
     def __init__(self, loaded: LoadedConfig, overrides: Sequence[str] = (),
                  notifier: Notifier | None = None, early_hup: threading.Event | None = None) -> None:
         self.loaded = loaded
-        self.cfg = loaded.config
         self.overrides = tuple(overrides)
         self.notifier = notifier if notifier is not None else Notifier.from_env()
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
-        self.frames = 0
         self.heartbeat = 0  # worker loop iterations: the watchdog's sign of life
-        self.reloads = 0
-        self.source = make_source(loaded)
-        self.chain: Chain | None = None
-        self._chain_closed = False
+        self.state: WorkerState | None = None  # made by prepare(), then the worker's
         self._reload_asked = threading.Event()
         self._early_hup = early_hup
         self._loading: BackgroundLoad | None = None  # a reload's config, loading in a child process
         self._reloads: queue.SimpleQueue[Reload] = queue.SimpleQueue()
-        self._pub: Publisher | None = None  # the worker's publisher (the worker thread alone uses it)
-        self._last_seq = -1
-        self._corrupt_reported = 0  # pipeline.corrupt_blocks at the last 'input_invalid' event
-        self._next_input_event = 0.0
-        self._ready_sent = False
-        self._win_frames = self._win_speech = 0  # published frames / speech frames since the last stats
-        self._last_side: dict[str, Any] = {}
 
-    def prepare(self) -> None:
+    def prepare(self) -> WorkerState:
         """Open the source and build the chain (config or input errors surface here, before threads)."""
-        self.source.open()
+        source = make_source(self.loaded)
+        source.open()
         try:
-            self.chain = build_chain(self.loaded, self.source.channels)
+            chain = build_chain(self.loaded, source.channels)
         except BaseException:
-            self.source.close()
+            source.close()
             raise
+        self.state = WorkerState(self.loaded, source, chain)
+        return self.state
 
     def run(self) -> int:
         """Run until the source ends or a stop signal; returns the exit status."""
-        self.prepare()
-        worker = threading.Thread(target=self._work, name="voxd-worker", daemon=True)
+        state = self.prepare()
+        worker = threading.Thread(target=self._work, args=(state,), name="voxd-worker", daemon=True)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hup)
         if self._early_hup is not None and self._early_hup.is_set():
@@ -154,10 +182,10 @@ class Daemon:
                         self._loading = None
                     continue
                 if self._loading is not None:
-                    self._finish_reload()
+                    self._finish_reload(state)
                 elif self._reload_asked.is_set():
                     self._reload_asked.clear()
-                    self._start_reload()
+                    self._start_reload(state)
         finally:
             if self._loading is not None:
                 self._loading.cancel()
@@ -179,14 +207,15 @@ class Daemon:
         self._reload_asked.set()  # the main loop does the work, not the signal handler
 
     # ---------------------------------------------------------------------------------------- reload
-    def _start_reload(self) -> None:
+    def _start_reload(self, state: WorkerState) -> None:
         """Main thread: start loading the config file in a child process (see the module docstring)."""
         self.notifier.reloading()
-        log.info("SIGHUP: reloading %s", self.loaded.path)
+        path = state.loaded.path
+        log.info("SIGHUP: reloading %s", path)
         try:
-            self._loading = BackgroundLoad(self.loaded.path, self.overrides)
+            self._loading = BackgroundLoad(path, self.overrides)
         except OSError as exc:  # fork or pipe refused (no memory, too many processes)
-            self._refuse((f"{self.loaded.path}: cannot start loading the config: {exc}",))
+            self._refuse((f"{path}: cannot start loading the config: {exc}",))
 
     def _refuse(self, lines: tuple[str, ...]) -> None:
         for line in lines:
@@ -194,7 +223,7 @@ class Daemon:
         self._reloads.put(Reload(errors=lines))
         self.notifier.ready(status="reload refused: running the previous config")
 
-    def _finish_reload(self) -> None:
+    def _finish_reload(self, state: WorkerState) -> None:
         """Main thread, once the child answered: build the new chain (and source) and hand it over."""
         assert self._loading is not None
         answer = self._loading.poll()
@@ -204,15 +233,16 @@ class Daemon:
         if isinstance(answer, list):
             self._refuse(tuple(answer))
             return
-        self._prepare_reload(answer)
+        self._prepare_reload(state, answer)
 
-    def _prepare_reload(self, new: LoadedConfig) -> None:
+    def _prepare_reload(self, state: WorkerState, new: LoadedConfig) -> None:
         """Main thread: build the new chain (and open a changed source) off the hot path; hand it over."""
         try:
+            old_cfg = state.loaded.config
             changed = tuple(k for k in ("capture", "processing", "array", "chain", "output", "log")
-                            if getattr(new.config, k) != getattr(self.cfg, k))
+                            if getattr(new.config, k) != getattr(old_cfg, k))
             source: Source | None = None
-            channels = self.source.channels
+            channels = state.source.channels
             if "capture" in changed:
                 source = make_source(new)
                 source.open()
@@ -231,72 +261,71 @@ class Daemon:
             return
         self._reloads.put(Reload(new, chain, source, changed))
 
-    def _apply_reload(self, r: Reload, pub: Publisher, pipe: Pipeline, src: Source
-                      ) -> tuple[Publisher, Pipeline, Source]:
-        """Worker thread, between two blocks: swap in what changed; returns the objects now in use.
+    def _apply_reload(self, state: WorkerState, r: Reload) -> None:
+        """Worker thread, between two blocks: swap in what changed, in ``state``.
 
         Whatever can fail comes first — opening the new chain, then the output settings — and a failure
         leaves everything as it was, with a ``reload_failed`` event (see :meth:`_reload_failed`).
         """
+        assert state.pub is not None and state.pipe is not None
         if r.errors:
-            pub.send_event("reload_failed", seq=self._last_seq, errors=list(r.errors))
-            return pub, pipe, src
+            state.pub.send_event("reload_failed", seq=state.last_seq, errors=list(r.errors))
+            return
         assert r.loaded is not None and r.chain is not None
         new_cfg = r.loaded.config
-        out_frame = max(1, round(r.chain.in_format.rate * new_cfg.output.frame_ms / 1000))
-        # through self._pub, not pub: the events of the new chain go to whichever publisher is current
-        emit = event_emitter(out_frame, r.chain.in_format.rate, self._send_event)
         try:
-            r.chain.open(new_cfg.processing.rate, positions_of(r.loaded), emit=emit,
-                         speed_of_sound=speed_of_sound_of(r.loaded))
+            # the events of the new chain go to whichever publisher is current (state.pub)
+            open_chain(r.loaded, r.chain, lambda type, seq=None, **f: self._send_event(state, type, seq, **f))
         except Exception as exc:  # a stage that cannot open (a model that fails to load...)
-            return self._reload_failed(r, pub, pipe, src, f"chain: cannot open: {type(exc).__name__}: {exc}")
+            self._reload_failed(state, r, f"chain: cannot open: {type(exc).__name__}: {exc}")
+            return
         if "output" in r.changed:
             try:
-                pub = self._apply_output(pub, self.cfg.output, new_cfg.output)
+                state.pub = self._apply_output(state, state.pub, state.loaded.config.output, new_cfg.output)
             except VoxdError as exc:
-                current = self._pub
-                if current is None or current.closed:  # not even the old endpoints: nothing to publish on
+                if state.pub is None or state.pub.closed:  # not even the old endpoints: nothing to publish on
                     r.chain.close()
                     raise
-                return self._reload_failed(r, current, pipe, src, f"output: {exc}")
-            self._pub = pub
+                self._reload_failed(state, r, f"output: {exc}")
+                return
+        pub, pipe = state.pub, state.pipe
+        out_frame = output_frame_samples(r.loaded)
         if r.source is not None or out_frame != pipe.out_frame or not pipe.can_swap(r.chain):
             if r.source is not None:
-                src.close()
-                src = r.source
-                src.start()
+                state.source.close()
+                state.source = r.source
+                state.source.start()
             pipe.chain.close()
-            pipe = Pipeline(r.chain, src.rate, out_frame, resume=pipe)
+            state.pipe = make_pipeline(r.loaded, r.chain, state.source.rate, resume=pipe)
         else:
             pipe.swap_chain(r.chain)
-        self.loaded, self.cfg, self.chain, self.source = r.loaded, new_cfg, r.chain, src
+        state.loaded, state.chain = r.loaded, r.chain
+        self.loaded = r.loaded
         logging.getLogger().setLevel(new_cfg.log.level.upper())
-        self.reloads += 1
-        pub.send_event("reload", seq=self._last_seq, changed=list(r.changed), count=self.reloads)
+        state.reloads += 1
+        pub.send_event("reload", seq=state.last_seq, changed=list(r.changed), count=state.reloads)
         log.info("reloaded (%s); chain: %s", ", ".join(r.changed) or "nothing changed",
                  " -> ".join(s.name for s in r.chain.stages()))
-        self.notifier.ready(status=self._status(pub))
-        return pub, pipe, src
+        self.notifier.ready(status=self._status(state))
 
-    def _reload_failed(self, r: Reload, pub: Publisher, pipe: Pipeline, src: Source, error: str
-                       ) -> tuple[Publisher, Pipeline, Source]:
+    def _reload_failed(self, state: WorkerState, r: Reload, error: str) -> None:
         """A reload that validated but could not be applied: undo, tell, carry on with the old setup."""
-        assert r.chain is not None
+        assert r.chain is not None and state.pub is not None
         r.chain.close()
         if r.source is not None:
             r.source.close()
-        where = self.loaded.path if r.loaded is None else r.loaded.path
+        where = state.loaded.path if r.loaded is None else r.loaded.path
         line = f"{where}: {error}"
         log.error("reload refused: %s", line)
-        pub.send_event("reload_failed", seq=self._last_seq, errors=[line])
+        state.pub.send_event("reload_failed", seq=state.last_seq, errors=[line])
         self.notifier.ready(status="reload refused: running the previous config")
-        return pub, pipe, src
 
-    def _apply_output(self, pub: Publisher, old: OutputConfig, new: OutputConfig) -> Publisher:
+    def _apply_output(self, state: WorkerState, pub: Publisher, old: OutputConfig, new: OutputConfig
+                      ) -> Publisher:
         """Worker thread: the new ``output`` section, on the running socket where possible, else on a
         new socket with the same stream id. Raises :class:`VoxdError` with the old settings still (or
-        again) in effect; exits through a fatal error if even they cannot be bound again."""
+        again) in effect (``state.pub``); exits through a fatal error if even they cannot be bound
+        again."""
         if pub.reconfigure(new):
             return pub
         stream = pub.stream
@@ -305,7 +334,7 @@ class Daemon:
             new_pub = Publisher.from_config(new, stream_id=stream)
         except VoxdError as exc:
             try:  # its endpoints were ours a moment ago
-                self._pub = Publisher.from_config(old, stream_id=stream)
+                state.pub = Publisher.from_config(old, stream_id=stream)
             except VoxdError as again:
                 raise VoxdError(f"output: the reload failed ({exc}) and the previous endpoints cannot be "
                                 f"bound again: {again}", again.exit_status) from again
@@ -313,74 +342,75 @@ class Daemon:
         log.info("publishing stream %s on %s", new_pub.stream, ", ".join(new.endpoints))
         return new_pub
 
-    def _send_event(self, type: str, seq: int | None = None, **fields: Any) -> None:
+    def _send_event(self, state: WorkerState, type: str, seq: int | None = None, **fields: Any) -> None:
         """Worker thread: an event on the current publisher (stages' emit, through the reloads)."""
-        if self._pub is not None and not self._pub.closed:
-            self._pub.send_event(type, seq=seq, **fields)
+        if state.pub is not None and not state.pub.closed:
+            state.pub.send_event(type, seq=seq, **fields)
 
-    def _status(self, pub: Publisher) -> str:
+    def _status(self, state: WorkerState) -> str:
         """The one-line ``STATUS=`` summary for systemd."""
-        return (f"{self.frames} frames on {', '.join(pub.endpoints)}; chain "
-                f"{' -> '.join(s.name for s in self.chain.stages()) if self.chain else '?'}; "
-                f"reloads {self.reloads}")
+        endpoints = ", ".join(state.pub.endpoints) if state.pub is not None else "?"
+        return (f"{state.frames} frames on {endpoints}; chain "
+                f"{' -> '.join(s.name for s in state.chain.stages())}; reloads {state.reloads}")
 
-    def _work(self) -> None:
-        chain, src, out = self.chain, self.source, self.cfg.output
-        assert chain is not None
-        pub: Publisher | None = None
+    # ---------------------------------------------------------------------------------------- worker
+    def _work(self, state: WorkerState) -> None:
+        out = state.loaded.config.output
         try:
-            pub = self._pub = Publisher.from_config(out)
+            pub = state.pub = Publisher.from_config(out)
             log.info("publishing stream %s on %s", pub.stream, ", ".join(out.endpoints))
             if out.wait_for_subscriber_s > 0 and not pub.wait_for_subscriber(out.wait_for_subscriber_s):
                 log.info("no subscriber after %.1f s; starting anyway", out.wait_for_subscriber_s)
-            out_frame = max(1, round(chain.in_format.rate * out.frame_ms / 1000))
-            emit = event_emitter(out_frame, chain.in_format.rate, self._send_event)
-            chain.open(self.cfg.processing.rate, positions_of(self.loaded), emit=emit,
-                       speed_of_sound=speed_of_sound_of(self.loaded))
-            pipe = Pipeline(chain, src.rate, out_frame)
+            open_chain(state.loaded, state.chain,
+                       lambda type, seq=None, **f: self._send_event(state, type, seq, **f))
+            state.pipe = make_pipeline(state.loaded, state.chain, state.source.rate)
+            src = state.source
             src.start()
             log.info("audio flowing from %s (%d ch, %d Hz)", src.name, src.channels, src.rate)
-            self._loop(src, pipe, pub)
+            self._loop(state)
         except BaseException as exc:  # reported by the main thread after the worker ends
             self.error = exc
-            self._say_stopping(exc)
+            self._say_stopping(state, exc)
         finally:
-            if not self._chain_closed and self.chain is not None:
-                self.chain.close()
-            self.source.close()
-            if self._pub is not None:
-                self._pub.close()
+            if not state.chain_closed:
+                state.chain.close()
+            state.source.close()
+            if state.pub is not None:
+                state.pub.close()
 
-    def _say_stopping(self, exc: BaseException) -> None:
+    def _say_stopping(self, state: WorkerState, exc: BaseException) -> None:
         """A fatal error: tell the subscribers why before the socket closes (they would otherwise see
         only silence, as after a lost connection)."""
-        pub = self._pub
+        pub = state.pub
         if pub is None or pub.closed:
             return
         status = exc.exit_status if isinstance(exc, VoxdError) else EX_SOFTWARE
         try:
-            pub.send_event("stopping", seq=self._last_seq, frames=self.frames, error=str(exc).split("\n")[0],
-                           exit_status=status)
+            pub.send_event("stopping", seq=state.last_seq, frames=state.frames,
+                           error=str(exc).split("\n")[0], exit_status=status)
         except Exception as send_exc:  # the socket itself may be what failed
             log.debug("could not publish the stopping event: %s", send_exc)
 
-    def _send(self, pub: Publisher, frames: list[OutFrame]) -> None:
+    def _send(self, state: WorkerState, frames: list[OutFrame]) -> None:
+        pub = state.pub
+        assert pub is not None
+        rate = state.loaded.config.processing.rate
         for f in frames:
-            pub.send_audio(f.samples, seq=f.seq, pts=f.pts, t=f.t, rate=self.cfg.processing.rate,
-                           speech=f.speech, side=f.side, topic=f.topic)
+            pub.send_audio(f.samples, seq=f.seq, pts=f.pts, t=f.t, rate=rate, speech=f.speech, side=f.side,
+                           topic=f.topic)
             if f.topic == "audio":
-                self.frames += 1
-                self._last_seq = f.seq
-                self._win_frames += 1
-                self._win_speech += bool(f.speech)
-                self._last_side = f.side
-                if not self._ready_sent:  # audio flows: only now is the service "active"
-                    self._ready_sent = True
-                    self.notifier.ready(status=self._status(pub))
+                state.frames += 1
+                state.last_seq = f.seq
+                state.win_frames += 1
+                state.win_speech += bool(f.speech)
+                state.last_side = f.side
+                if not state.ready_sent:  # audio flows: only now is the service "active"
+                    state.ready_sent = True
+                    self.notifier.ready(status=self._status(state))
 
-    def _loop(self, src: Source, pipe: Pipeline, pub: Publisher) -> None:
-        self._last_seq = -1
-        next_stats = time.monotonic() + self.cfg.output.stats_interval_s
+    def _loop(self, state: WorkerState) -> None:
+        state.last_seq = -1
+        next_stats = time.monotonic() + state.loaded.config.output.stats_interval_s
         busy_s, audio_s = 0.0, 0.0
         while not self.stop_event.is_set():
             self.heartbeat += 1
@@ -389,54 +419,60 @@ class Daemon:
                     request = self._reloads.get_nowait()
                 except queue.Empty:
                     break
-                pub, pipe, src = self._apply_reload(request, pub, pipe, src)
-                self._pub = pub
+                self._apply_reload(state, request)
+            pub, pipe, src = state.pub, state.pipe, state.source
+            assert pub is not None and pipe is not None
             block = src.read(READ_TIMEOUT_S)
             for type_, fields in src.take_events():
-                pub.send_event(type_, seq=self._last_seq, **fields)
+                pub.send_event(type_, seq=state.last_seq, **fields)
             if block is None:
                 if src.exhausted:
                     break
                 continue
             t0 = time.perf_counter()
-            self._send(pub, pipe.push(block))
-            if pipe.corrupt_blocks != self._corrupt_reported:
-                self._input_invalid(pub, pipe)
+            self._send(state, pipe.push(block))
+            if pipe.corrupt_blocks != state.corrupt_reported:
+                self._input_invalid(state)
             busy_s += time.perf_counter() - t0
             audio_s += block.samples.shape[1] / src.rate
             if time.monotonic() >= next_stats:
-                next_stats += self.cfg.output.stats_interval_s
-                pub.send_stats(**self._stats(pipe, src, busy_s / audio_s if audio_s else 0.0))
-                self.notifier.status(self._status(pub))
+                next_stats += state.loaded.config.output.stats_interval_s
+                pub.send_stats(**self._stats(state, busy_s / audio_s if audio_s else 0.0))
+                self.notifier.status(self._status(state))
                 busy_s, audio_s = 0.0, 0.0
-        self._send(pub, pipe.flush())
+        pub, pipe, src = state.pub, state.pipe, state.source
+        assert pub is not None and pipe is not None
+        self._send(state, pipe.flush())
         # Close the chain before the last event: stages may still publish (a VAD ends an open
         # segment with speech_end), and consumers stop reading at end_of_stream / stopping.
         pipe.chain.close()
-        self._chain_closed = True
+        state.chain_closed = True
         if src.exhausted:
-            pub.send_event("end_of_stream", seq=self._last_seq, frames=self.frames)
-            log.info("end of stream after %d frames", self.frames)
+            pub.send_event("end_of_stream", seq=state.last_seq, frames=state.frames)
+            log.info("end of stream after %d frames", state.frames)
         else:  # stopped by a signal: tell consumers this is a shutdown, not a lost connection
-            pub.send_event("stopping", seq=self._last_seq, frames=self.frames)
-            log.info("stopped after %d frames", self.frames)
+            pub.send_event("stopping", seq=state.last_seq, frames=state.frames)
+            log.info("stopped after %d frames", state.frames)
 
-    def _input_invalid(self, pub: Publisher, pipe: Pipeline) -> None:
+    def _input_invalid(self, state: WorkerState) -> None:
         """Blocks with NaN, infinities or samples beyond the input limit arrived (the pipeline dropped
         those samples and restarts the chain after them): an event, at most one a second, and a log
         line with it."""
         now = time.monotonic()
-        if now < self._next_input_event:
+        if now < state.next_input_event:
             return
-        self._next_input_event = now + INPUT_EVENT_S
-        new = pipe.corrupt_blocks - self._corrupt_reported
-        self._corrupt_reported = pipe.corrupt_blocks
+        assert state.pub is not None and state.pipe is not None
+        total = state.pipe.corrupt_blocks
+        state.next_input_event = now + INPUT_EVENT_S
+        new = total - state.corrupt_reported
+        state.corrupt_reported = total
         log.warning("input: %d block%s with NaN, infinite or out-of-range samples (%d in all): those "
-                    "samples dropped, the chain restarts after them", new, "s" * (new != 1),
-                    pipe.corrupt_blocks)
-        pub.send_event("input_invalid", seq=self._last_seq, blocks=new, total=pipe.corrupt_blocks)
+                    "samples dropped, the chain restarts after them", new, "s" * (new != 1), total)
+        state.pub.send_event("input_invalid", seq=state.last_seq, blocks=new, total=total)
 
-    def _stats(self, pipe: Pipeline, src: Source, rtf: float) -> dict[str, Any]:
+    def _stats(self, state: WorkerState, rtf: float) -> dict[str, Any]:
+        pipe = state.pipe
+        assert pipe is not None
         stages = {name: {"p50_us": round(p50, 1), "p99_us": round(p99, 1)}
                   for name, (p50, p99) in pipe.chain.timings().items()}
         # stages that keep a summary (Stage.stats) add it under their name; most keep none
@@ -450,12 +486,12 @@ class Daemon:
             if summary is not None:
                 summaries[node.name] = summary
         extra: dict[str, Any] = {"stage_stats": summaries} if summaries else {}
-        # the latest values of the side channels a user watches (direction, gain, level), if present
-        extra.update({k: v for k, v in self._last_side.items()
-                      if k in ("doa_deg", "agc_gain_db", "level_dbfs", "speech_prob")})
-        speech_ratio = self._win_speech / self._win_frames if self._win_frames else 0.0
-        self._win_frames = self._win_speech = 0
-        return {"frames": self.frames, "chain_frames": pipe.frames_in, "rtf": round(rtf, 4),
-                "speech_ratio": round(speech_ratio, 3), "reloads": self.reloads,
+        # the latest values of the side values declared watched (direction, gain, level...), if present
+        watched = watched_names()
+        extra.update({k: v for k, v in state.last_side.items() if k in watched})
+        speech_ratio = state.win_speech / state.win_frames if state.win_frames else 0.0
+        state.win_frames = state.win_speech = 0
+        return {"frames": state.frames, "chain_frames": pipe.frames_in, "rtf": round(rtf, 4),
+                "speech_ratio": round(speech_ratio, 3), "reloads": state.reloads,
                 "invalid_input_blocks": pipe.corrupt_blocks,
-                "stages": stages, **extra, **src.counters}
+                "stages": stages, **extra, **state.source.counters}

@@ -42,6 +42,11 @@ class InputError(VoxdError):
     exit_status = EX_NOINPUT
 
 
+class FormatError(Exception):
+    """Raised by a stage's ``negotiate`` when it cannot take the format it is offered; the chain builder
+    turns it into a :class:`ConfigError` line pointing at the chain entry (a build-time error)."""
+
+
 class StageError(VoxdError):
     """A stage failed at run time and its ``on_error`` policy is ``fail``."""
 

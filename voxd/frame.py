@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from voxd.side import on_wire
+
 
 class Domain(enum.StrEnum):
     """Which representation a frame carries."""
@@ -71,8 +73,9 @@ class Frame:
     - ``pts``: index of the first sample of this frame since stream start, at the frame's rate;
     - ``t``: capture time of the first sample, Unix seconds;
     - ``flags``: :class:`Flags`;
-    - ``side``: side values keyed by name (``speech``, ``speech_prob``, ``noise.psd``...). Scalars
-      (bool, int, float, str) also travel in the wire header.
+    - ``side``: side values keyed by name (:mod:`voxd.side`: ``speech``, ``speech_prob``, ``noise.psd``...).
+      Scalars (bool, int, float, str) of keys declared ``wire`` (and of undeclared keys) also travel in
+      the wire header.
 
     Stages never mutate the frame they are given: they return a new one (``with_samples`` etc.).
     """
@@ -112,9 +115,12 @@ class Frame:
 
 
 def header_side(side: dict[str, Any]) -> dict[str, Any]:
-    """The side values that travel in the wire header: JSON scalars only (arrays stay in-process)."""
+    """The side values that travel in the wire header: JSON scalars only (arrays stay in-process), and
+    of the declared keys (:mod:`voxd.side`) only those declared ``wire``."""
     out: dict[str, Any] = {}
     for key, value in side.items():
+        if not on_wire(key):
+            continue
         if isinstance(value, bool | int | str):
             out[key] = value
         elif isinstance(value, float | np.floating):

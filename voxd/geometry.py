@@ -1,4 +1,5 @@
-"""Microphone array geometry: the named presets and their resolution to positions.
+"""Microphone array geometry: the named presets and their positions (a leaf: imports nothing from voxd;
+the config model resolves an ``array`` section with it).
 
 Positions are numpy float64 ``(M, 3)`` arrays in metres relative to the array centre, row *i* being
 the microphone of chain channel *i* (as the channels reach the stage that uses them, i.e. after any
@@ -12,12 +13,8 @@ precision of that metadata (and far below the boards' mechanical tolerance).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from voxd.config.model import ArrayConfig
 
 #: speed of sound (m/s) at about 20 °C: the default of ``array.speed_of_sound``
 SPEED_OF_SOUND = 343.0
@@ -104,20 +101,6 @@ def preset_positions(name: str, count: int | None = None, spacing: float | None 
     if count < 2 or not spacing > 0:
         raise ValueError(f"preset '{LINEAR}' needs count >= 2 and spacing > 0, got {count} and {spacing:g}")
     return linear_positions(count, spacing)
-
-
-def resolve_positions(array_cfg: ArrayConfig | None) -> np.ndarray | None:
-    """Positions float64 ``(M, 3)`` (m) of a validated ``array`` section, or None without one.
-
-    Explicit ``positions`` win over ``preset`` (so that ``--set array.positions=...`` can override a
-    config's preset).
-    """
-    if array_cfg is None:
-        return None
-    if array_cfg.positions is not None:
-        return np.asarray(array_cfg.positions, dtype=np.float64).reshape(-1, 3)
-    assert array_cfg.preset is not None  # the model requires one of the two
-    return preset_positions(array_cfg.preset, array_cfg.count, array_cfg.spacing)
 
 
 def mic_azimuths_deg(positions: np.ndarray) -> np.ndarray:

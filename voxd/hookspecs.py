@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from voxd.plugins import StageRegistry
+    from voxd.registry import StageRegistry
 
 PROJECT = "voxd"
 

@@ -5,19 +5,25 @@ Every function takes the clean reference and the signal under test as 1-D float 
 (delay compensation is the caller's job). Lengths must match unless ``mismatch="trim"`` is given, which
 cuts both to the shorter one; a silent difference in length would otherwise shift every frame.
 
-``snr``, ``segmental_snr`` and ``si_sdr`` are plain numpy. ``pesq_wb`` and ``stoi`` use the ``pesq``
+``snr``, ``segmental_snr`` and ``si_sdr`` are plain numpy; :func:`score` gives the four that ``voxd eval``
+reports (its scorer, shared with the benchmarks). ``pesq_wb`` and ``stoi`` use the ``pesq``
 (ITU-T P.862.2) and ``pystoi`` packages, the optional extra ``metrics`` (``pip install 'voxd[metrics]'``),
 imported only when called; without them they raise :class:`MissingExtraError` naming the extra.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
+import soxr
+
+from voxd.errors import EX_UNAVAILABLE, VoxdError
 
 Mismatch = Literal["error", "trim"]
 SEGSNR_RANGE_DB = (-10.0, 35.0)  # the usual clamp: silence and near-perfect frames do not dominate the mean
+PESQ_RATE = 16000  # PESQ-WB is defined at 16 kHz only
 EPS = 1e-20  # energy added to both sides of a ratio so that all-zero frames stay finite
 
 
@@ -131,3 +137,31 @@ def stoi(clean: np.ndarray, test: np.ndarray, rate: int, *, extended: bool = Fal
         raise MissingExtraError("stoi needs the 'pystoi' package from the optional extra 'metrics': "
                                 "pip install 'voxd[metrics]'") from exc
     return float(_stoi(c, t, rate, extended=extended))
+
+
+def resample_hq(x: np.ndarray, rate: int, to: int) -> np.ndarray:
+    """1-D ``x`` from ``rate`` to ``to`` Hz (soxr HQ, delay-compensated); unchanged when equal."""
+    if rate == to:
+        return x
+    return np.asarray(soxr.resample(x.astype(np.float32), rate, to, quality="HQ"), np.float32)
+
+
+def score(clean: np.ndarray, test: np.ndarray, rate: int) -> dict[str, float]:
+    """SNR, SI-SDR (dB), PESQ-WB, STOI of ``test`` against ``clean`` (1-D, aligned, same ``rate``);
+    lengths are trimmed to the shorter one; a metric that cannot be computed (PESQ finds no speech) is
+    NaN."""
+    n = min(clean.size, test.size)
+    c, t = clean[:n], test[:n]
+    out = {"snr": snr(c, t), "si_sdr": si_sdr(c, t)}
+    try:
+        out["pesq"] = pesq_wb(resample_hq(c, rate, PESQ_RATE), resample_hq(t, rate, PESQ_RATE), PESQ_RATE,
+                              mismatch="trim")
+    except MissingExtraError as exc:
+        raise VoxdError(str(exc), EX_UNAVAILABLE) from None
+    except Exception:  # pesq's NoUtterancesError and friends: one metric missing, not a failed run
+        out["pesq"] = math.nan
+    try:
+        out["stoi"] = stoi(c, t, rate)
+    except MissingExtraError as exc:
+        raise VoxdError(str(exc), EX_UNAVAILABLE) from None
+    return out

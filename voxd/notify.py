@@ -222,6 +222,7 @@ class WatchdogPinger:
         return self._check()
 
     def _check(self) -> bool:
+        value: int | None
         try:
             value = self.progress()
         except Exception as exc:  # a broken progress source is a stall, not a crash of the main loop

@@ -1,7 +1,7 @@
 """From source blocks to output frames: resample, cut into hops, run the chain, re-frame for the wire.
 
 The daemon (``voxd run``) and offline processing (``voxd process``) both push blocks through a
-:class:`Pipeline`, so their outputs are identical sample for sample.
+:class:`Pipeline` that :mod:`voxd.runtime` assembles, so their outputs are identical sample for sample.
 
 A source block holding NaN, an infinity or samples beyond :data:`~voxd.frame.SAMPLE_LIMIT` (60 dB over
 full scale) is corrupt: those samples are replaced by 0 before anything sees them, and the chain is
@@ -18,7 +18,6 @@ input.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,22 +26,8 @@ import numpy as np
 from voxd.chain import Chain
 from voxd.frame import Flags, Frame, finite_within, header_side, sanitized
 from voxd.resample import StreamResampler
+from voxd.side import SPEECH
 from voxd.sources.base import Block
-
-
-def event_emitter(out_frame: int, rate: int, sink: Callable[..., None]) -> Callable[..., None]:
-    """The ``emit`` given to stages: ``emit(type, pts=..., **fields)`` -> ``sink(type, seq=..., pts=...,
-    t_s=..., **fields)`` where ``seq`` is the published frame (``out_frame`` samples) that holds sample
-    ``pts`` and ``t_s`` is ``pts`` in seconds since stream start. Output sample k is input sample k (the
-    pipeline removes the chain's delay), so the same numbers hold for input and output."""
-
-    def emit(type: str, pts: int | None = None, **fields: Any) -> None:
-        if pts is None:
-            sink(type, seq=None, **fields)
-        else:
-            sink(type, seq=max(0, pts) // out_frame, pts=pts, t_s=round(pts / rate, 4), **fields)
-
-    return emit
 
 
 @dataclass(slots=True)
@@ -219,7 +204,7 @@ class Pipeline:
             return out
         self._out.append(y)
         self._out_len += y.shape[1]
-        self._out_speech |= bool(result.side.get("speech", False))
+        self._out_speech |= bool(result.side.get(SPEECH, False))
         self._out_side = result.side
         while self._out_len >= self.out_frame:
             joined = np.concatenate(self._out, axis=1)
@@ -231,13 +216,13 @@ class Pipeline:
     def _make(self, y: np.ndarray) -> OutFrame:
         frame = OutFrame("audio", np.ascontiguousarray(y), self._seq, self._emitted,
                          self.time_of(self._emitted), self._out_speech, header_side(self._out_side))
-        frame.side.pop("speech", None)
+        frame.side.pop(SPEECH, None)
         if self._disc:
             frame.side["discontinuity"] = True
             self._disc = False
         self._seq += 1
         self._emitted += y.shape[1]
-        self._out_speech = bool(self._out_side.get("speech", False)) if self._out_len > y.shape[1] else False
+        self._out_speech = bool(self._out_side.get(SPEECH, False)) if self._out_len > y.shape[1] else False
         return frame
 
     def _taps(self) -> list[OutFrame]:
@@ -248,6 +233,6 @@ class Pipeline:
             seq = self._tap_seq.get(name, 0)
             self._tap_seq[name] = seq + 1
             out.append(OutFrame(f"audio.{name}", frame.samples, seq, frame.pts, frame.t,
-                                bool(frame.side.get("speech", False)), header_side(frame.side)))
+                                bool(frame.side.get(SPEECH, False)), header_side(frame.side)))
         self.chain.tap_frames.clear()
         return out

@@ -18,48 +18,11 @@ from typing import Any
 import pluggy
 
 from voxd import hookspecs
-from voxd.stage import Stage
+from voxd.registry import StageRegistry
+
+__all__ = ["DISABLE_ENV", "PluginInfo", "Plugins", "StageRegistry", "disabled_names", "load_plugins"]
 
 DISABLE_ENV = "VOXD_DISABLE_PLUGINS"
-
-
-class StageRegistry:
-    """Stage kinds by name, each remembered with the plugin that registered it."""
-
-    def __init__(self) -> None:
-        self._stages: dict[str, type[Stage]] = {}
-        self._owner: dict[str, str] = {}
-        self._plugin = "<direct>"
-
-    def add(self, stage_cls: type[Stage]) -> None:
-        """Register a :class:`~voxd.stage.Stage` subclass under its ``kind``.
-
-        Raises ``TypeError`` for something that is not a Stage subclass with a non-empty ``kind``, and
-        ``ValueError`` when another plugin already registered that kind.
-        """
-        if not (isinstance(stage_cls, type) and issubclass(stage_cls, Stage)) or not stage_cls.kind:
-            raise TypeError(f"{stage_cls!r} is not a voxd.stage.Stage subclass with a 'kind'")
-        kind = stage_cls.kind
-        if kind in self._stages and self._stages[kind] is not stage_cls:
-            raise ValueError(f"stage '{kind}' is already registered by plugin '{self._owner[kind]}'")
-        self._stages[kind] = stage_cls
-        self._owner[kind] = self._plugin
-
-    def get(self, kind: str) -> type[Stage] | None:
-        """The stage class registered as ``kind``, or None."""
-        return self._stages.get(kind)
-
-    def kinds(self) -> list[str]:
-        """All registered kinds, sorted."""
-        return sorted(self._stages)
-
-    def plugin_of(self, kind: str) -> str:
-        """Name of the plugin that registered ``kind``."""
-        return self._owner[kind]
-
-    def stages_of(self, plugin: str) -> list[str]:
-        """Kinds registered by ``plugin``, sorted."""
-        return sorted(k for k, owner in self._owner.items() if owner == plugin)
 
 
 @dataclass
@@ -138,15 +101,14 @@ def load_plugins(
     # registered kind is attributed to the plugin that registered it.
     for impl in pm.hook.voxd_register_stages.get_hookimpls():
         info = infos[impl.plugin_name]
-        registry._plugin = impl.plugin_name
         before = set(registry.kinds())
         try:
-            impl.function(registry=registry)
+            with registry.registering(impl.plugin_name):
+                impl.function(registry=registry)
         except Exception as exc:
             info.status, info.error = "failed", _error_text(exc)
             for kind in set(registry.kinds()) - before:  # half-registered plugins leave nothing behind
-                del registry._stages[kind], registry._owner[kind]
-    registry._plugin = "<direct>"
+                registry.remove(kind)
     for info in infos.values():
         info.stages = registry.stages_of(info.name)
     return Plugins(registry, sorted(infos.values(), key=lambda p: p.name))

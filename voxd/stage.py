@@ -1,10 +1,13 @@
 """The stage contract: what every processing stage, built-in or third-party, implements.
 
 A stage type is a class registered through the ``voxd_register_stages`` hook (see :mod:`voxd.hookspecs`).
-The chain builder creates one instance per chain entry and drives it through this life cycle::
+It subclasses ``Stage[P]`` where ``P`` is its parameters model (a :class:`StageParams` subclass), which
+also becomes its ``Params`` (what the config loader validates a chain entry with). The chain builder
+creates one instance per chain entry and drives it through this life cycle::
 
-    stage = Kind(params, name)          # params: a validated Kind.Params instance
-    out_fmt = stage.negotiate(in_fmt)   # build time: check the input format, return the output format
+    stage = Kind(params, name)          # params: a validated Kind.Params instance (self.params: P)
+    out_fmt = stage.accept(in_fmt)      # build time: negotiate() checks the input format and returns
+                                        # the output format; both are then stage.input_format/output_format
     stage.open(ctx)                     # before the first frame: allocate state
     frame = stage.process(frame)        # hot path, once per frame: no I/O, no logging above DEBUG
     stage.reset()                       # after a discontinuity or a reload
@@ -12,8 +15,8 @@ The chain builder creates one instance per chain entry and drives it through thi
 
 ``domain`` says whether ``process`` sees time samples ``(channels, hop)`` or one STFT frame
 ``(channels, bins)``; the chain inserts the shared STFT analysis/synthesis where the domain changes.
-``requires``/``provides`` name the side values a stage reads from and writes to ``frame.side``; the
-builder refuses a chain where a requirement has no earlier provider.
+``requires``/``provides`` name the side values (:mod:`voxd.side`) a stage reads from and writes to
+``frame.side``; the builder refuses a chain where a requirement has no earlier provider.
 """
 
 from __future__ import annotations
@@ -21,13 +24,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar, get_args, get_origin
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from voxd.errors import FormatError
 from voxd.frame import AudioFormat, Domain, Frame
 from voxd.geometry import SPEED_OF_SOUND
+
+__all__ = ["EventSink", "FormatError", "Stage", "StageContext", "StageParams", "discard_events"]
 
 
 class StageParams(BaseModel):
@@ -39,11 +45,12 @@ class StageParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class FormatError(Exception):
-    """Raised by ``negotiate`` when a stage cannot take the format it is offered (a build-time error)."""
-
-
+#: ``emit(type, pts=..., **fields)``: publishes an event (see :class:`StageContext`).
 EventSink = Callable[..., None]
+
+
+def discard_events(*_args: Any, **_fields: Any) -> None:
+    """The ``emit`` of a context without an event bus: events go nowhere."""
 
 
 @dataclass
@@ -63,13 +70,17 @@ class StageContext:
     rate: int
     positions: np.ndarray | None = None
     speed_of_sound: float = SPEED_OF_SOUND
-    emit: EventSink = field(default=lambda *a, **k: None)
+    emit: EventSink = discard_events
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("voxd.stage"))
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
-class Stage:
-    """Base class for stages. Subclasses set ``kind``, ``Params``, ``domain`` and implement ``process``."""
+#: The parameters model of a stage type.
+P = TypeVar("P", bound=StageParams)
+
+
+class Stage(Generic[P]):
+    """Base class for stages: ``class MyStage(Stage[MyParams])``; set ``kind`` and ``domain`` and
+    implement ``process``. ``Params`` is taken from the type argument (set it only to override)."""
 
     kind: ClassVar[str] = ""
     domain: ClassVar[Domain] = Domain.TIME
@@ -82,27 +93,61 @@ class Stage:
     #: an ``array`` section whose number of positions equals the channels reaching the stage
     needs_geometry: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "Params" in cls.__dict__:
+            return
+        for base in cls.__dict__.get("__orig_bases__", ()):
+            origin = get_origin(base)
+            if isinstance(origin, type) and issubclass(origin, Stage):
+                (arg,) = get_args(base)
+                if isinstance(arg, type) and issubclass(arg, StageParams):
+                    cls.Params = arg
+
     @classmethod
-    def domain_for(cls, params: StageParams) -> Domain:
+    def domain_for(cls, params: P) -> Domain:
         """The domain ``process`` works in with these params (default: :attr:`domain`); a stage whose
         engines differ (``denoise``) overrides it."""
         return cls.domain
 
     @classmethod
-    def required_keys(cls, params: StageParams) -> tuple[str, ...]:
+    def required_keys(cls, params: P) -> tuple[str, ...]:
         """Side keys this stage needs with these params (default: :attr:`requires`)."""
         return cls.requires
 
     @classmethod
-    def provided_keys(cls, params: StageParams) -> tuple[str, ...]:
+    def provided_keys(cls, params: P) -> tuple[str, ...]:
         """Side keys this stage writes with these params (default: :attr:`provides`)."""
         return cls.provides
 
-    def __init__(self, params: StageParams, name: str) -> None:
-        self.params = params
+    def __init__(self, params: P, name: str) -> None:
+        self.params: P = params
         self.name = name
-        self.input_format: AudioFormat | None = None
-        self.output_format: AudioFormat | None = None
+        self._formats: tuple[AudioFormat, AudioFormat] | None = None
+
+    def accept(self, fmt: AudioFormat) -> AudioFormat:
+        """Build time (the chain builder calls it once): :meth:`negotiate` ``fmt``, remember the input and
+        the output format (:attr:`input_format`, :attr:`output_format`) and return the output format.
+        Raises :class:`FormatError` as ``negotiate`` does."""
+        out = self.negotiate(fmt)
+        self._formats = (fmt, out)
+        return out
+
+    @property
+    def input_format(self) -> AudioFormat:
+        """The format this stage was given at build time (valid from :meth:`open` on)."""
+        return self._negotiated()[0]
+
+    @property
+    def output_format(self) -> AudioFormat:
+        """The format this stage said it produces (valid from :meth:`open` on)."""
+        return self._negotiated()[1]
+
+    def _negotiated(self) -> tuple[AudioFormat, AudioFormat]:
+        if self._formats is None:
+            raise RuntimeError(f"stage '{self.name}' ({self.kind}): its formats are read before the "
+                               "chain builder negotiated them")
+        return self._formats
 
     def negotiate(self, fmt: AudioFormat) -> AudioFormat:
         """Check the input format and return the output format. Default: unchanged.

@@ -24,7 +24,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -466,7 +466,7 @@ def _num(header: dict[str, Any], key: str) -> float:
     value = header.get(key)
     try:
         # float() of a JSON integer beyond float range (a 401-digit ``t``) raises OverflowError
-        number = float(value) if type(value) in (int, float) else math.nan
+        number = float(cast(float, value)) if type(value) in (int, float) else math.nan
     except OverflowError:
         number = math.nan
     if not math.isfinite(number):

@@ -84,6 +84,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from voxd.frame import Frame
+from voxd.side import AGC_GAIN_DB, LEVEL_DBFS, SPEECH, SPEECH_PROB
 from voxd.stage import Stage, StageContext, StageParams
 
 LEVEL_FLOOR_DBFS = -120.0  #: ``level_dbfs`` before the first speech frame, and the estimate's floor
@@ -247,7 +248,7 @@ class AgcParams(StageParams):
         return self
 
 
-class Agc(Stage):
+class Agc(Stage[AgcParams]):
     """Speech-driven AGC + look-ahead peak limiter, time domain, any channel count (one gain for all
     channels, so the stereo image and inter-channel phase are kept).
 
@@ -285,28 +286,24 @@ class Agc(Stage):
     """
 
     kind = "agc"
-    Params = AgcParams
-    params: AgcParams
 
     @classmethod
-    def required_keys(cls, params: StageParams) -> tuple[str, ...]:
-        assert isinstance(params, AgcParams)
+    def required_keys(cls, params: AgcParams) -> tuple[str, ...]:
         if not params.vad:
             return ()
-        return ("speech", "speech_prob") if params.min_speech_prob > 0 else ("speech",)
+        return (SPEECH, SPEECH_PROB) if params.min_speech_prob > 0 else (SPEECH,)
 
-    provides = ("level_dbfs", "agc_gain_db")
+    provides = (LEVEL_DBFS, AGC_GAIN_DB)
 
     @property
     def delay_samples(self) -> int:
         """The limiter's look-ahead, samples at the chain rate."""
-        fmt = self.input_format
-        return 0 if fmt is None else round(self.params.lookahead_ms * fmt.rate / 1000)
+        return round(self.params.lookahead_ms * self.input_format.rate / 1000)
 
     def open(self, ctx: StageContext) -> None:
         p = self.params
         self._rate = ctx.rate
-        self._channels = self.input_format.channels if self.input_format is not None else 1
+        self._channels = self.input_format.channels
         self._la = round(p.lookahead_ms * ctx.rate / 1000)
         # float64 on purpose: the needed gains computed from it stay float64 (see CEILING_MARGIN)
         self._ceiling = np.float64(_db_to_lin(p.ceiling_dbfs) * CEILING_MARGIN)
@@ -318,7 +315,7 @@ class Agc(Stage):
         self._ramps: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._g_db = min(max(p.initial_gain_db, p.min_gain_db), p.max_gain_db)
         self._g_lin = _db_to_lin(self._g_db)
-        hop = self.input_format.frame if self.input_format is not None else 160
+        hop = self.input_format.frame
         self._level = SpeechLevel(p.level_tau_s * ctx.rate, p.level_margin_db,
                                   math.ceil(p.backfill_ms * ctx.rate / 1000 / hop),
                                   round(p.level_hangover_ms * ctx.rate / 1000))
@@ -367,7 +364,7 @@ class Agc(Stage):
         assert x is not None
         n = x.shape[1]
         if n == 0:
-            return frame.with_side(level_dbfs=self._level_db, agc_gain_db=self._g_db)
+            return frame.with_side(**{LEVEL_DBFS: self._level_db, AGC_GAIN_DB: self._g_db})
         peak = float(np.abs(x).max())  # NaN and inf fail the test below (and raise no warning)
         if not peak <= INPUT_ABS_MAX:
             x = self._sanitize(x)
@@ -376,7 +373,7 @@ class Agc(Stage):
         ms = float(np.dot(flat, flat)) / flat.size  # float32 cannot overflow below INPUT_ABS_MAX
 
         p = self.params
-        speech = bool(frame.side.get("speech", False)) if p.vad else self._gate(ms, n)
+        speech = bool(frame.side.get(SPEECH, False)) if p.vad else self._gate(ms, n)
         level = self._level
         before = level.mean_square
         active = level.push(ms, n, speech)
@@ -387,7 +384,7 @@ class Agc(Stage):
         # the gain follows the level on active speech only (and, with min_speech_prob, only while the
         # detector's own evidence is there, not through its hangover): pauses hold it
         if active and lms > 0 and (not p.min_speech_prob
-                                   or frame.side.get("speech_prob", 0.0) >= p.min_speech_prob):
+                                   or frame.side.get(SPEECH_PROB, 0.0) >= p.min_speech_prob):
             want = min(max(self._target - self._level_db, p.min_gain_db), p.max_gain_db)
             g1_db = g0_db + min(max(want - g0_db, -self._attack_per_sample * n), self._release_per_sample * n)
         elif self._decay_per_sample and g0_db and not speech:
@@ -415,7 +412,7 @@ class Agc(Stage):
             self._st_min = g1_db
         if g1_db > self._st_max:
             self._st_max = g1_db
-        return frame.with_samples(out, level_dbfs=self._level_db, agc_gain_db=g1_db)
+        return frame.with_samples(out, **{LEVEL_DBFS: self._level_db, AGC_GAIN_DB: g1_db})
 
     def _gate(self, ms: float, n: int) -> bool:
         """Level gate for ``vad: false``: above the tracked noise floor by ``gate_db``."""
@@ -494,7 +491,7 @@ class Agc(Stage):
             return None
         out = {"gain_db": {"min": round(self._st_min, 2), "mean": round(self._st_sum / frames, 2),
                            "max": round(self._st_max, 2)},
-               "gain_db_now": round(self._g_db, 2), "level_dbfs": round(self._level_db, 2),
+               "gain_db_now": round(self._g_db, 2), LEVEL_DBFS: round(self._level_db, 2),
                "speech_frac": round(self._st_speech / frames, 3),
                "limiter_min_db": round(self._st_lim_min, 2),
                "limited_frac": round(self._st_limited / frames, 4), "frames": frames}

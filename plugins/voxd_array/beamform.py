@@ -57,9 +57,12 @@ import numpy as np
 from pydantic import Field
 
 from voxd.frame import AudioFormat, Domain, Frame
+from voxd.side import DOA_DEG as DOA
+from voxd.side import NOISE_COV as COV
+from voxd.side import NOISE_PSD as PSD
+from voxd.side import SPEECH
 from voxd.stage import FormatError, Stage, StageContext, StageParams
 
-COV, PSD, DOA = "noise.cov", "noise.psd", "doa_deg"
 WEIGHTS = "beamform.weights"
 
 
@@ -87,23 +90,20 @@ class BeamformParams(StageParams):
                                                            "every frame)")
 
 
-class Beamformer(Stage):
+class Beamformer(Stage[BeamformParams]):
     """Delay-and-sum or MVDR beamformer, N channels -> 1 (see the module docstring)."""
 
     kind = "beamform"
     domain = Domain.SPECTRAL
     needs_geometry = True
-    Params = BeamformParams
-    params: BeamformParams
 
     @classmethod
-    def required_keys(cls, params: StageParams) -> tuple[str, ...]:
-        assert isinstance(params, BeamformParams)
+    def required_keys(cls, params: BeamformParams) -> tuple[str, ...]:
         keys: list[str] = []
         if params.method == "mvdr":
             keys.append(COV)
             if params.steering == "rtf":
-                keys.append("speech")
+                keys.append(SPEECH)
         if params.azimuth_deg is None and (params.method == "delay_and_sum" or params.steering == "doa"):
             keys.append(DOA)
         return tuple(keys)
@@ -122,7 +122,7 @@ class Beamformer(Stage):
     # ------------------------------------------------------------------------------------------ set-up
     def open(self, ctx: StageContext) -> None:
         fmt = self.input_format
-        assert fmt is not None and ctx.positions is not None
+        assert ctx.positions is not None  # needs_geometry: the chain builder checked
         m, bins = fmt.channels, fmt.bins
         self._m, self._bins, self._ref = m, bins, self.params.ref_mic
         self._pos = np.asarray(ctx.positions, np.float64)
@@ -192,7 +192,7 @@ class Beamformer(Stage):
                 self._w_dir, self._w = d, (d if d is self._ref_steer else d / self._m)
                 self._psd = None
         else:
-            if self.params.steering == "rtf" and frame.side.get("speech", False):
+            if self.params.steering == "rtf" and frame.side.get(SPEECH, False):
                 outer = x[:, :, None] * x.conj()[:, None, :]
                 rx = self._rx
                 rx -= outer
@@ -201,6 +201,7 @@ class Beamformer(Stage):
                 self._speech_frames += 1
             refresh = self._frame % self.params.update_every == 0
             if refresh or self._rtf_mode:
+                assert rn is not None  # mvdr requires noise.cov (required_keys): an earlier stage gives it
                 self._w = self._mvdr(rn, d, refresh)
             if refresh:  # the residual noise PSD for a post-filter follows at the refreshes
                 self._psd = None

@@ -98,9 +98,11 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from voxd.frame import AudioFormat, Domain, Frame
+from voxd.side import DOA_CONFIDENCE as CONFIDENCE
+from voxd.side import DOA_DEG as DOA
+from voxd.side import SPEECH
 from voxd.stage import EventSink, FormatError, Stage, StageContext, StageParams
 
-DOA, CONFIDENCE = "doa_deg", "doa.confidence"
 EVENT = "channel_map_suspect"
 SPEED_OF_SOUND = 343.0  # m/s, when the context has none (voxd before array.speed_of_sound)
 TINY = 1e-20  # |x| floor: a bin of digital silence gives a zero PHAT term, not a division by zero
@@ -330,7 +332,7 @@ class SrpGrid:
 
 
 # ------------------------------------------------------------------------------------------ the stage
-class Doa(Stage):
+class Doa(Stage[DoaParams]):
     """Direction of arrival by SRP-PHAT and a one-shot check of the channel order (module docstring).
 
     After :meth:`open`: ``grid`` (:class:`SrpGrid`), ``classes`` (:class:`OrderClasses`, None without the
@@ -341,15 +343,12 @@ class Doa(Stage):
 
     kind = "doa"
     domain = Domain.SPECTRAL
-    Params = DoaParams
-    params: DoaParams
     provides = (DOA, CONFIDENCE)
     needs_geometry: ClassVar[bool] = True
 
     @classmethod
-    def required_keys(cls, params: StageParams) -> tuple[str, ...]:
-        assert isinstance(params, DoaParams)
-        return ("speech",) if params.vad and params.fixed_deg is None else ()
+    def required_keys(cls, params: DoaParams) -> tuple[str, ...]:
+        return (SPEECH,) if params.vad and params.fixed_deg is None else ()
 
     def negotiate(self, fmt: AudioFormat) -> AudioFormat:
         if fmt.channels < 2:
@@ -360,7 +359,6 @@ class Doa(Stage):
 
     def open(self, ctx: StageContext) -> None:
         fmt = self.input_format
-        assert fmt is not None
         p = self.params
         if ctx.positions is None or np.shape(ctx.positions) != (fmt.channels, 3):
             got = "none" if ctx.positions is None else f"{np.shape(ctx.positions)[0]}"
@@ -435,7 +433,7 @@ class Doa(Stage):
             if self._lag == 0:
                 np.multiply(y[g.ii], yc[g.jj], out=slot)
             if self._filled >= self._lag:
-                speech = bool(frame.side.get("speech", True)) if p.vad else True
+                speech = bool(frame.side.get(SPEECH, True)) if p.vad else True
                 self._classify(slot, speech, estimate, check)
             else:
                 self._filled += 1

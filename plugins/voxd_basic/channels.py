@@ -16,12 +16,10 @@ class SelectParams(StageParams):
         min_length=1, max_length=1024, description="input channel indices (0-based), in output order")
 
 
-class Select(Stage):
+class Select(Stage[SelectParams]):
     """Pick or reorder channels: output channel ``i`` is input channel ``channels[i]``."""
 
     kind = "select"
-    Params = SelectParams
-    params: SelectParams
 
     def negotiate(self, fmt: AudioFormat) -> AudioFormat:
         bad = [c for c in self.params.channels if not 0 <= c < fmt.channels]
@@ -40,11 +38,10 @@ class MixParams(StageParams):
     pass
 
 
-class Mix(Stage):
+class Mix(Stage[MixParams]):
     """Average all channels to one (a plain down-mix; a beamformer does better on an array)."""
 
     kind = "mix"
-    Params = MixParams
 
     def negotiate(self, fmt: AudioFormat) -> AudioFormat:
         self._scale = np.float32(1.0 / fmt.channels)

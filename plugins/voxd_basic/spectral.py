@@ -10,12 +10,11 @@ class PassthroughParams(StageParams):
     pass
 
 
-class PassthroughStft(Stage):
+class PassthroughStft(Stage[PassthroughParams]):
     """Returns every spectrum unchanged; with it, the chain's output is its input delayed by the STFT."""
 
     kind = "passthrough_stft"
     domain = Domain.SPECTRAL
-    Params = PassthroughParams
 
     def process(self, frame: Frame) -> Frame:
         return frame

@@ -26,7 +26,8 @@ class Dfn3:
     rate, frame, delay = RATE, FRAME, DELAY
 
     def __init__(self, atten_lim_db: float = 100.0, post_filter_beta: float = 0.0) -> None:
-        self._args = {"atten_lim": float(atten_lim_db), "post_filter_beta": float(post_filter_beta)}
+        self._args: dict[str, Any] = {"atten_lim": float(atten_lim_db),
+                                      "post_filter_beta": float(post_filter_beta)}
         self._proc: Any = None
         self.reset()
 

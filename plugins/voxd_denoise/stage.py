@@ -126,13 +126,11 @@ def check_model(path: str, engine: str) -> None:
                          f"{sorted(outputs)}, the engine needs {sorted(want_in)} -> {sorted(want_out)}")
 
 
-class Denoise(Stage):
+class Denoise(Stage[DenoiseParams]):
     """Single-channel noise suppression with a choice of engines (see the module docstring)."""
 
     kind = "denoise"
     domain = Domain.SPECTRAL  # engine voxd; the others work on time samples (domain_for)
-    Params = DenoiseParams
-    params: DenoiseParams
 
     @classmethod
     def domain_for(cls, params: Any) -> Domain:
@@ -163,7 +161,6 @@ class Denoise(Stage):
 
     def open(self, ctx: StageContext) -> None:
         fmt = self.input_format
-        assert fmt is not None
         self._emit: EventSink = ctx.emit
         self.failed: str | None = None
         p = self.params

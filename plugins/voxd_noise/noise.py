@@ -30,10 +30,12 @@ import numpy as np
 from pydantic import Field
 
 from voxd.frame import AudioFormat, Domain, Frame
+from voxd.side import NOISE_COV as COV
+from voxd.side import NOISE_PSD as PSD
+from voxd.side import NOISE_SPP as SPP
+from voxd.side import SPEECH, SPEECH_PROB
 from voxd.stage import FormatError, Stage, StageContext, StageParams
 from voxd_noise.tracker import Imcra
-
-PSD, COV, SPP = "noise.psd", "noise.cov", "noise.spp"
 
 
 class NoiseParams(StageParams):
@@ -49,19 +51,16 @@ class NoiseParams(StageParams):
                                                             "taken up after about two of these")
 
 
-class NoiseEstimator(Stage):
+class NoiseEstimator(Stage[NoiseParams]):
     """Noise PSD and spatial covariance estimation (IMCRA, optionally VAD-assisted)."""
 
     kind = "noise"
     domain = Domain.SPECTRAL
-    Params = NoiseParams
-    params: NoiseParams
     provides = (PSD, COV, SPP)
 
     @classmethod
-    def required_keys(cls, params: StageParams) -> tuple[str, ...]:
-        assert isinstance(params, NoiseParams)
-        return ("speech",) if params.vad else ()
+    def required_keys(cls, params: NoiseParams) -> tuple[str, ...]:
+        return (SPEECH,) if params.vad else ()
 
     def negotiate(self, fmt: AudioFormat) -> AudioFormat:
         if fmt.bins < 3:
@@ -70,7 +69,6 @@ class NoiseEstimator(Stage):
 
     def open(self, ctx: StageContext) -> None:
         fmt = self.input_format
-        assert fmt is not None
         self._channels, bins = fmt.channels, fmt.bins
         p = self.params
         self._tracker = Imcra(fmt.channels, bins, fmt.frame_s, smooth_s=p.smooth_s, window_s=p.window_s,
@@ -87,8 +85,8 @@ class NoiseEstimator(Stage):
         np.multiply(spec.imag, spec.imag, out=tmp)
         power += tmp
         absence = None
-        if self.params.vad and not frame.side.get("speech", True):
-            absence = 1.0 - float(frame.side.get("speech_prob", 0.0))
+        if self.params.vad and not frame.side.get(SPEECH, True):
+            absence = 1.0 - float(frame.side.get(SPEECH_PROB, 0.0))
         tr = self._tracker
         tr.update(power, absence)
         if self._channels == 1:

@@ -9,12 +9,16 @@ provide its own ``noise.psd`` for its output; a mismatch is a stage error.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
 from pydantic import Field
 
 from voxd.frame import Domain, Frame
+from voxd.side import NOISE_PSD as PSD
 from voxd.stage import Stage, StageContext, StageParams
-from voxd_noise.noise import PSD
+
+S = TypeVar("S", bound=StageParams)
 
 TINY = 1e-20  # keeps ratios finite on digital silence; far below 16-bit quantisation (~1e-8)
 
@@ -24,7 +28,7 @@ def db_to_power(db: float) -> float:
     return float(10.0 ** (db / 10.0))
 
 
-class _Suppressor(Stage):
+class _Suppressor(Stage[S]):
     """Shared plumbing: reads ``noise.psd``, checks its shape, applies ``self._gain(power, psd)``."""
 
     domain = Domain.SPECTRAL
@@ -32,7 +36,6 @@ class _Suppressor(Stage):
 
     def open(self, ctx: StageContext) -> None:
         fmt = self.input_format
-        assert fmt is not None
         self._shape = (fmt.channels, fmt.bins)
         self._power = np.zeros(self._shape, np.float32)
         self._imag2 = np.zeros(self._shape, np.float32)
@@ -67,7 +70,7 @@ class SpectralSubtractionParams(StageParams):
                                                   "a posteriori SNR clamped to [-5, 20] dB (Berouti)")
 
 
-class SpectralSubtraction(_Suppressor):
+class SpectralSubtraction(_Suppressor[SpectralSubtractionParams]):
     """Power spectral subtraction with over-subtraction and a spectral floor (Berouti et al. 1979).
 
     Per channel and bin: ``|S|^2 = P - alpha N`` where that exceeds ``beta N``, else ``beta N``, with
@@ -80,8 +83,6 @@ class SpectralSubtraction(_Suppressor):
     """
 
     kind = "spectral_subtraction"
-    Params = SpectralSubtractionParams
-    params: SpectralSubtractionParams
 
     def open(self, ctx: StageContext) -> None:
         super().open(ctx)
@@ -107,7 +108,7 @@ class WienerParams(StageParams):
     floor_db: float = Field(-15.0, ge=-60.0, le=0.0, description="gain floor (dB, amplitude)")
 
 
-class Wiener(_Suppressor):
+class Wiener(_Suppressor[WienerParams]):
     """Wiener gain with the decision-directed a priori SNR (Ephraim and Malah 1984), per channel.
 
     ``gamma = P / N`` (a posteriori SNR), ``xi = dd_alpha |A'|^2 / N' + (1 - dd_alpha) max(gamma - 1, 0)``
@@ -118,8 +119,6 @@ class Wiener(_Suppressor):
     """
 
     kind = "wiener"
-    Params = WienerParams
-    params: WienerParams
 
     XI_MIN = 10 ** (-25 / 10)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import math
 from importlib import resources
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -212,7 +212,8 @@ class WebRtcEngine:
         self._vad = webrtcvad.Vad(aggressiveness)
         self._clipped = np.empty(self.unit, np.float32)
         self._pcm16 = np.empty(self.unit, np.int16)
-        self._pcm = memoryview(self._pcm16).cast("B")  # bytes view of the int16 buffer, made once
+        # bytes view of the int16 buffer, made once (numpy's stubs do not declare the buffer protocol)
+        self._pcm = memoryview(self._pcm16).cast("B")  # type: ignore[arg-type]
         self._gate = 10.0 ** (snr_gate_db / 10.0) if snr_gate_db > 0 else 0.0
         self._floor = NoiseFloor(frame_ms / 1000)
         self._peak = WindowedLevel(frame_ms / 1000, PEAK_WINDOW_S, peak=True)
@@ -267,7 +268,7 @@ class WebRtcEngine:
 
 
 @functools.cache
-def silero_session():  # -> onnxruntime.InferenceSession (one per process: its state is passed explicitly)
+def silero_session() -> Any:  # onnxruntime.InferenceSession (one per process: its state is passed explicitly)
     """The bundled Silero VAD model in an onnxruntime session: CPU, one intra- and one inter-op thread,
     sequential execution. Loaded from the package data, never from the network."""
     import onnxruntime as ort

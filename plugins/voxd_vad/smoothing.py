@@ -73,6 +73,8 @@ class Smoother:
     __slots__ = ("_burst_onset", "_burst_strong", "_burst_units", "_last_strong", "_onset", "_pending",
                  "_prev_end", "_s", "_start_pts", "speech")
 
+    _pending: bool
+
     def __init__(self, durations: SmoothingSamples) -> None:
         self._s = durations
         self.speech = False  #: the smoothed state: inside a confirmed segment

@@ -46,6 +46,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from voxd.frame import AudioFormat, Frame
+from voxd.side import SPEECH, SPEECH_PROB
 from voxd.stage import EventSink, FormatError, Stage, StageContext, StageParams
 from voxd_vad.engines import SILERO_RATES, WEBRTC_RATES, Engine, SileroEngine, WebRtcEngine
 from voxd_vad.smoothing import Smoother, SmoothingSamples
@@ -131,7 +132,7 @@ class VadParams(StageParams):
         return self.neg_threshold if self.neg_threshold is not None else max(self.threshold - 0.15, 0.01)
 
 
-class Vad(Stage):
+class Vad(Stage[VadParams]):
     """Voice activity detection on one reference channel; audio passes through unchanged.
 
     Side values on every frame: ``speech`` (bool, the smoothed state: true from the moment a segment
@@ -149,11 +150,9 @@ class Vad(Stage):
     """
 
     kind = "vad"
-    Params = VadParams
-    params: VadParams
-    provides = ("speech", "speech_prob")
+    provides = (SPEECH, SPEECH_PROB)
 
-    def __init__(self, params: StageParams, name: str) -> None:
+    def __init__(self, params: VadParams, name: str) -> None:
         super().__init__(params, name)
         self._opened = False  # close() or reset() before open() has nothing to end
 
@@ -210,7 +209,7 @@ class Vad(Stage):
             if event is not None:
                 self._emit(event[0], pts=event[1], stage=self.name)
         self._seen = frame.pts + n
-        return frame.with_side(speech=self.smoother.speech, speech_prob=self.engine.prob)
+        return frame.with_side(**{SPEECH: self.smoother.speech, SPEECH_PROB: self.engine.prob})
 
     def _finish(self) -> None:
         if not self._opened:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import zmq
 from pydantic import (
     AfterValidator,
@@ -25,7 +26,7 @@ from pydantic_core import PydanticCustomError
 
 from voxd import security
 from voxd.config.suggest import did_you_mean
-from voxd.geometry import LINEAR, PRESETS, SPEED_OF_SOUND
+from voxd.geometry import LINEAR, PRESETS, SPEED_OF_SOUND, preset_positions
 from voxd.security import CurveKeys, KeyFileError
 from voxd.stage import Stage, StageParams
 
@@ -33,7 +34,6 @@ from voxd.stage import Stage, StageParams
 FIELD_CTX = "voxd_field"
 
 ENDPOINT_SCHEMES = ("tcp://", "ipc://", "inproc://")
-ON_ERROR = ("bypass", "reset", "fail")
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -244,6 +244,14 @@ class ArrayConfig(Section):
         if self.preset is None and self.positions is None:
             raise custom_error("give array.preset or array.positions")
         return self
+
+    def positions_m(self) -> np.ndarray:
+        """Microphone positions float64 ``(M, 3)`` in metres: the explicit ``positions`` when given
+        (so that ``--set array.positions=...`` overrides a config's preset), else the preset's."""
+        if self.positions is not None:
+            return np.asarray(self.positions, dtype=np.float64).reshape(-1, 3)
+        assert self.preset is not None  # the validator requires one of the two
+        return preset_positions(self.preset, self.count, self.spacing)
 
 
 def _endpoint(value: str, info: ValidationInfo) -> str:
@@ -461,7 +469,18 @@ class StageSpec:
     name: str
     on_error: str
     params: StageParams
-    cls: type[Stage]
+    cls: type[Stage[Any]]
+
+
+def _plain(value: Any) -> str:
+    """A parameter value as a config would write it (``80``, ``0.5``, ``false``, ``[0, 1]``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_plain(v) for v in value) + "]"
+    return str(value)
 
 
 @dataclass(frozen=True)
@@ -474,3 +493,25 @@ class VoxdConfig:
     output: OutputConfig
     log: LogConfig
     chain: list[StageSpec]
+
+    def mic_positions(self) -> np.ndarray | None:
+        """Microphone positions float64 ``(M, 3)`` in metres from the ``array`` section (see
+        :meth:`ArrayConfig.positions_m`), or None without one."""
+        return None if self.array is None else self.array.positions_m()
+
+    def describe_chain(self) -> str:
+        """The chain in one line, from the config itself (documents quote this, never a hand-written
+        copy): each stage's kind, its name when it differs, and the parameters the config sets, e.g.
+        ``highpass (cutoff_hz 80, order 2) -> vad (channel 0) -> noise``."""
+        parts = []
+        for spec in self.chain:
+            given = spec.params.model_dump(include=spec.params.model_fields_set)
+            args = ", ".join(f"{k} {_plain(v)}" for k, v in given.items())
+            label = spec.kind if spec.name == spec.kind else f"{spec.name}: {spec.kind}"
+            parts.append(f"{label} ({args})" if args else label)
+        return " -> ".join(parts) or "(empty)"
+
+    @property
+    def speed_of_sound(self) -> float:
+        """``array.speed_of_sound`` (m/s), or the default 343 m/s without an ``array`` section."""
+        return SPEED_OF_SOUND if self.array is None else self.array.speed_of_sound

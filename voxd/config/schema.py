@@ -33,7 +33,8 @@ def config_json_schema(plugins: Plugins | None = None) -> dict[str, Any]:
         return refs[(model, "validation")]
 
     def body(model: type[BaseModel]) -> dict[str, Any]:
-        return defs[ref(model)["$ref"].rsplit("/", 1)[1]]
+        found: dict[str, Any] = defs[ref(model)["$ref"].rsplit("/", 1)[1]]
+        return found
 
     entry = defs.pop(ref(ChainEntry)["$ref"].rsplit("/", 1)[1])["properties"]  # inlined in each stage
     stages = [_stage_schema(kind, cls, body(cls.Params), entry) for kind, cls in kinds.items()]

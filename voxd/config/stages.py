@@ -41,7 +41,7 @@ def resolve_chain(raw: Any, plugins: Plugins, rate: int | None) -> tuple[list[St
         return [], [(("chain",), f"must be a list of stages, got {kind_of(raw)}")]
     issues: list[Issue] = []
     names_given: list[tuple[int, str | None, str]] = []  # (index, explicit name, kind)
-    resolved: dict[int, tuple[ChainEntry, type[Stage], StageParams]] = {}
+    resolved: dict[int, tuple[ChainEntry, type[Stage[Any]], StageParams]] = {}
     for i, item in enumerate(raw):
         at: Path = ("chain", i)
         if not isinstance(item, dict):

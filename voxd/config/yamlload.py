@@ -16,7 +16,7 @@ the text itself (:data:`voxd.config.load.MAX_CONFIG_BYTES`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -85,12 +85,12 @@ class _Loader(yaml.SafeLoader):
         super().__init__(text)
         self._depth = 0
 
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
                 raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
-                                                  self.peek_event().start_mark)
+                                                  self.peek_event().start_mark)  # type: ignore[no-untyped-call]
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -130,7 +130,7 @@ class _Builder:
             if isinstance(node, yaml.SequenceNode):
                 items = enumerate(node.value)
                 return [self.build(item, (*path, i), item.start_mark.line + 1) for i, item in items]
-            return self._mapping(node, path, line)
+            return self._mapping(cast(yaml.MappingNode, node), path, line)  # the composer's third kind
         finally:
             self.active.discard(id(node))
 

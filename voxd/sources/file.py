@@ -126,7 +126,8 @@ class FileSource(Source):
         """The next block ``(n, channels)`` float32; a body that stops decoding is InputError (65)."""
         assert self._file is not None
         try:
-            return self._file.read(self._block, dtype="float32", always_2d=True)
+            block: np.ndarray = self._file.read(self._block, dtype="float32", always_2d=True)
+            return block
         except DECODE_ERRORS as exc:
             raise self._broken(exc) from None
 

@@ -22,32 +22,31 @@ gate exit 1; otherwise the exit status is 0 whatever the gate says.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soxr
 from tqdm import tqdm
 
-from voxd import metrics
 from voxd.chain import Chain, StageNode, build_chain
 from voxd.config import LoadedConfig, load_config
 from voxd.errors import EX_DATAERR, EX_UNAVAILABLE, EX_USAGE, InputError, VoxdError
 from voxd.frame import Domain
+from voxd.metrics import resample_hq, score
 from voxd.pipeline import OutFrame
-from voxd.process import process_file
+from voxd.runtime import process_file
+from voxd.side import DOA_DEG
 from voxd.sources.file import read_audio
 
 DEFAULT_GATE = {"snr": 3.0, "pesq": 0.5, "stoi": 0.1, "clip": 1.0}
 LENGTH_TOLERANCE = 0.01  # clean and noisy durations may differ by this fraction (trimmed), not more
 CLIP_LEVEL = 32767 / 32768  # |sample| at or above this saturates the int16 the wire and WAVs carry
-PESQ_RATE = 16000  # PESQ-WB is defined at 16 kHz only
 METRICS = ("snr", "si_sdr", "pesq", "stoi")
 
 
@@ -90,14 +89,15 @@ def parse_gate(text: str) -> dict[str, float]:
     return gate
 
 
-def items_from_args(args: argparse.Namespace) -> list[Item]:
-    """The pairs to evaluate: ``--clean``/``--noisy`` in order, then ``--set-dir``'s ``meta.jsonl``."""
-    if len(args.clean) != len(args.noisy):
-        raise VoxdError(f"eval: {len(args.noisy)} --noisy but {len(args.clean)} --clean; give them in pairs",
-                        EX_USAGE)
-    items = [Item(Path(n).stem, n, c) for n, c in zip(args.noisy, args.clean, strict=True)]
-    if args.set_dir:
-        items += read_set(args.set_dir, args.items)
+def items_from_args(noisy: Sequence[str], clean: Sequence[str], set_dir: str | None = None,
+                    limit: int | None = None) -> list[Item]:
+    """The pairs to evaluate: ``noisy``/``clean`` paths in order (``--noisy``/``--clean``), then the
+    first ``limit`` items of ``set_dir``'s ``meta.jsonl`` (``--set-dir``, ``--items``)."""
+    if len(clean) != len(noisy):
+        raise VoxdError(f"eval: {len(noisy)} --noisy but {len(clean)} --clean; give them in pairs", EX_USAGE)
+    items = [Item(Path(n).stem, n, c) for n, c in zip(noisy, clean, strict=True)]
+    if set_dir:
+        items += read_set(set_dir, limit)
     if not items:
         raise VoxdError("eval: nothing to evaluate: give --noisy N --clean C, or --set-dir DIR", EX_USAGE)
     return items
@@ -126,13 +126,6 @@ def read_set(set_dir: str, limit: int | None = None) -> list[Item]:
     return items
 
 
-def _resample(x: np.ndarray, rate: int, to: int) -> np.ndarray:
-    """1-D ``x`` from ``rate`` to ``to`` Hz (soxr HQ, delay-compensated); unchanged when equal."""
-    if rate == to:
-        return x
-    return np.asarray(soxr.resample(x.astype(np.float32), rate, to, quality="HQ"), np.float32)
-
-
 def tap_delays(chain: Chain) -> dict[str, int]:
     """Delay (samples at the chain rate) of each stage's tap signal relative to the input: the delay
     of every node up to and including it, plus the tap's own synthesis for a spectral stage."""
@@ -144,27 +137,6 @@ def tap_delays(chain: Chain) -> dict[str, int]:
             fmt = node.out_format
             delays[node.name] = total + (fmt.n_fft - fmt.frame if fmt.domain is Domain.SPECTRAL else 0)
     return delays
-
-
-def score(clean: np.ndarray, test: np.ndarray, rate: int) -> dict[str, float]:
-    """SNR, SI-SDR (dB), PESQ-WB, STOI of ``test`` against ``clean`` (1-D, aligned, same ``rate``);
-    lengths are trimmed to the shorter one; a metric that cannot be computed (PESQ finds no speech) is
-    NaN."""
-    n = min(clean.size, test.size)
-    c, t = clean[:n], test[:n]
-    out = {"snr": metrics.snr(c, t), "si_sdr": metrics.si_sdr(c, t)}
-    try:
-        out["pesq"] = metrics.pesq_wb(_resample(c, rate, PESQ_RATE), _resample(t, rate, PESQ_RATE), PESQ_RATE,
-                                      mismatch="trim")
-    except metrics.MissingExtraError as exc:
-        raise VoxdError(str(exc), EX_UNAVAILABLE) from None
-    except Exception:  # pesq's NoUtterancesError and friends: one metric missing, not a failed run
-        out["pesq"] = math.nan
-    try:
-        out["stoi"] = metrics.stoi(c, t, rate)
-    except metrics.MissingExtraError as exc:
-        raise VoxdError(str(exc), EX_UNAVAILABLE) from None
-    return out
 
 
 def with_taps(config: str, overrides: list[str]) -> LoadedConfig:
@@ -186,7 +158,7 @@ def evaluate_item(loaded: LoadedConfig, item: Item) -> tuple[dict[str, Any], dic
     chain = build_chain(loaded, noisy.shape[0])  # not opened: only for the delays of its taps
     rate = chain.in_format.rate
     delays = tap_delays(chain)
-    clean = _resample(clean_all[0], c_rate, rate)
+    clean = resample_hq(clean_all[0], c_rate, rate)
     trace = Trace(taps={name: [] for name in delays})
 
     def on_frame(f: OutFrame) -> None:
@@ -195,14 +167,14 @@ def evaluate_item(loaded: LoadedConfig, item: Item) -> tuple[dict[str, Any], dic
             trace.pts.append(f.pts)
             trace.level_db.append(10 * math.log10(float(np.mean(y * y)) + 1e-12))
             trace.speech.append(f.speech)
-            trace.doa_deg.append(float(f.side.get("doa_deg", math.nan)))
+            trace.doa_deg.append(float(f.side.get(DOA_DEG, math.nan)))
         elif f.topic.startswith("audio."):
             trace.taps[f.topic[6:]].append(f.samples[0])
 
     result = process_file(loaded, item.noisy, on_frame=on_frame)
     out = result.audio
     n = out.shape[1]  # the input's length at the chain rate: the pipeline keeps it
-    signals = {"input": _resample(noisy[0], n_rate, rate)[:n]}
+    signals = {"input": resample_hq(noisy[0], n_rate, rate)[:n]}
     for name, d in delays.items():
         tap = np.concatenate(trace.taps[name]) if trace.taps[name] else np.zeros(0, np.float32)
         tap = tap[d : d + n]  # undo the tap's delay: sample k lines up with input sample k
@@ -334,33 +306,38 @@ def plot_item(plt: Any, out_dir: Path, item_id: str, signals: dict[str, np.ndarr
     return paths
 
 
-def run_eval(args: argparse.Namespace) -> int:
-    """``voxd eval``: prints the tables (or one JSON object); 0, or 1 for a failed gate with ``--strict``."""
-    gate = parse_gate(args.gate)
-    if args.items is not None and args.items < 1:
-        raise VoxdError(f"eval: --items must be at least 1, got {args.items}", EX_USAGE)
-    items = items_from_args(args)
-    for item in items:  # every input before any work: a typo in item 40 must not cost 39 runs
+def run_eval(config: str, overrides: Sequence[str] = (), *, noisy: Sequence[str] = (),
+             clean: Sequence[str] = (), set_dir: str | None = None, items: int | None = None,
+             gate: str = "", plot: str | None = None, strict: bool = False, as_json: bool = False,
+             progress: bool = False) -> int:
+    """``voxd eval``: score ``config`` (with ``--set`` ``overrides``) on the ``noisy``/``clean`` pairs and
+    the first ``items`` of ``set_dir``; ``gate``: ``--gate`` thresholds; ``plot``: a folder for PNGs;
+    ``as_json``: one JSON object instead of tables; ``progress``: a bar on stderr. Prints the report;
+    returns 0, or 1 for a failed gate with ``strict``."""
+    thresholds = parse_gate(gate)
+    if items is not None and items < 1:
+        raise VoxdError(f"eval: --items must be at least 1, got {items}", EX_USAGE)
+    todo = items_from_args(noisy, clean, set_dir, items)
+    for item in todo:  # every input before any work: a typo in item 40 must not cost 39 runs
         for path in (item.noisy, item.clean):
             if not os.path.exists(path):
                 raise InputError(f"{path}: no such file")
-    plt = _pyplot() if args.plot else None
-    loaded = with_taps(args.config, args.overrides)
+    plt = _pyplot() if plot else None
+    loaded = with_taps(config, list(overrides))
     reports = []
-    progress = not args.quiet and sys.stderr.isatty()  # a bar only on a terminal, never in logs or pipes
-    bar = tqdm(items, unit="item", disable=not progress, leave=False, file=sys.stderr)
+    bar = tqdm(todo, unit="item", disable=not progress, leave=False, file=sys.stderr)
     for item in bar:
         report, signals, trace = evaluate_item(loaded, item)
-        if plt is not None:
-            report["plots"] = [str(p) for p in plot_item(plt, Path(args.plot), item.id, signals, trace,
+        if plt is not None and plot is not None:
+            report["plots"] = [str(p) for p in plot_item(plt, Path(plot), item.id, signals, trace,
                                                          report["rate"])]
         reports.append(report)
     bar.close()
     mean = mean_rows(reports)
     clip = max(r["clip_pct"] for r in reports)
-    g = gate_result(mean, clip, gate)
-    if args.json:
-        print(json.dumps(_jsonable({"config": args.config, "items": reports,
+    g = gate_result(mean, clip, thresholds)
+    if as_json:
+        print(json.dumps(_jsonable({"config": config, "items": reports,
                                     "mean": {"items": len(reports), "rows": mean, "clip_pct_max": clip},
                                     "gate": g})))
     else:
@@ -368,7 +345,7 @@ def run_eval(args: argparse.Namespace) -> int:
         for r in reports:
             lines += [f"{r['id']}: {r['noisy']} vs {r['clean']}, {r['duration_s']:.2f} s at {r['rate']} Hz, "
                       f"output clipping {r['clip_pct']:.2f} %", "", *rows_table(r["rows"]), ""]
-        lines += [f"mean over {len(reports)} item{'s' * (len(reports) != 1)} ({args.config})", "",
+        lines += [f"mean over {len(reports)} item{'s' * (len(reports) != 1)} ({config})", "",
                   *rows_table(mean), "", *gate_table(g)]
         print("\n".join(lines))
-    return 1 if args.strict and not g["pass"] else 0
+    return 1 if strict and not g["pass"] else 0

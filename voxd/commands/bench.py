@@ -7,32 +7,28 @@ declares it (the sum of its nodes' ``delay_samples``) and as measured (the lag o
 peak between a white-noise burst and the chain's output, before the pipeline removes the delay); and
 the process's peak resident memory. ``bench/chain_bench.py`` is a thin wrapper around this module.
 
-BLAS/OpenMP are pinned to one thread, as on a small board: the variables are set here, before numpy
-is first imported (``voxd bench`` imports this module before anything that loads numpy).
+The command pins BLAS/OpenMP to one thread, as on a small board (:func:`voxd.commands.single_thread_blas`,
+called by the CLI before numpy is first imported); a caller of :func:`bench` in its own process decides
+for itself.
 """
 
 from __future__ import annotations
 
 import os
+import platform
+import resource
+import time
+from typing import Any
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+import numpy as np
 
-import platform  # noqa: E402
-import resource  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from voxd.chain import Chain, build_chain  # noqa: E402
-from voxd.config import LoadedConfig, load_config  # noqa: E402
-from voxd.errors import EX_DATAERR, InputError  # noqa: E402
-from voxd.frame import Frame  # noqa: E402
-from voxd.pipeline import Pipeline  # noqa: E402
-from voxd.process import positions_of, speed_of_sound_of  # noqa: E402
-from voxd.sources.base import Block  # noqa: E402
-from voxd.sources.file import read_audio  # noqa: E402
+from voxd.chain import Chain, build_chain
+from voxd.config import LoadedConfig, load_config
+from voxd.errors import EX_DATAERR, InputError
+from voxd.frame import Frame
+from voxd.runtime import make_pipeline, open_chain
+from voxd.sources.base import Block
+from voxd.sources.file import read_audio
 
 BLOCK_MS = 20.0  # source block size, as the daemon's file source
 PROBE_S = 2.0  # length of the noise burst used to measure the delay (s)
@@ -59,7 +55,7 @@ def load_input(path: str | None, channels: int, rate: int, seconds: float) -> tu
 
 def _open(loaded: LoadedConfig, channels: int) -> Chain:
     chain = build_chain(loaded, channels)
-    chain.open(loaded.config.processing.rate, positions_of(loaded), speed_of_sound=speed_of_sound_of(loaded))
+    open_chain(loaded, chain)
     return chain
 
 
@@ -118,7 +114,7 @@ def bench(config: str, overrides: list[str], path: str | None = None, channels: 
     n_frames = int(seconds * cfg.processing.rate / chain.hop) + 64
     for node in chain.nodes:
         node.times_ns = np.zeros(n_frames, np.int64)
-    pipe = Pipeline(chain, rate, round(cfg.processing.rate * cfg.output.frame_ms / 1000))
+    pipe = make_pipeline(loaded, chain, rate)
     block = max(1, round(rate * BLOCK_MS / 1000))
     cpu0, wall0 = time.process_time(), time.perf_counter()
     for pos in range(0, x.shape[1], block):
