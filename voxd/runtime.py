@@ -92,8 +92,9 @@ def assemble(loaded: LoadedConfig, channels: int, in_rate: int, sink: EventSink 
 @dataclass
 class ProcessResult:
     """One processed input: output samples float32 ``(channels, n)`` (empty when they were streamed to
-    a :class:`~voxd.wavout.WavOut`), the chain rate (Hz), the events, and ``samples``: the output
-    length per channel."""
+    a :class:`~voxd.wavout.WavOut`), the chain rate (Hz), the events, ``samples``: the output length
+    per channel, and ``timings``: each chain node's (p50, p99) time per frame in microseconds (over
+    its last :data:`~voxd.chain.TIMING_WINDOW` frames)."""
 
     input: str
     output: str | None
@@ -101,6 +102,7 @@ class ProcessResult:
     rate: int
     events: list[dict[str, Any]] = field(default_factory=list)
     samples: int = 0
+    timings: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def process_file(loaded: LoadedConfig, path: str, progress: bool = False,
@@ -161,4 +163,4 @@ def process_file(loaded: LoadedConfig, path: str, progress: bool = False,
     ch = chain.out_format.channels
     audio = np.concatenate(chunks, axis=1) if chunks else np.zeros((ch, 0), np.float32)
     return ProcessResult(path, None if out is None else out.path, audio, chain.in_format.rate, events,
-                         samples=written)
+                         samples=written, timings=chain.timings())
