@@ -96,9 +96,9 @@ FLOORS: dict[str, Floor] = {
         stage_us={"highpass": 269.3, "vad": 158.6, "noise": 844.2, "wiener": 181.9, "mix": 64.8,
                   "gain": 30.7}),
     "config/mono.yaml": Floor(
-        MONO_ITEMS, si_sdr=0.45, pesq=1.379, stoi=0.635, vad_acc=0.773,
-        lf_db=-31.2, level_db=-23.72, doa_err=None, rtf=0.17,
-        stage_us={"mix": 72.5, "vad": 65.6, "noise": 454.4, "wiener": 129.6}),
+        MONO_ITEMS, si_sdr=-0.23, pesq=1.268, stoi=0.654, vad_acc=0.783,
+        lf_db=-25.4, level_db=-24.7, doa_err=None, rtf=1.053,
+        stage_us={"mix": 121.8, "vad": 94.0, "denoise": 9434.8}),
     "config/mono-neural.yaml": Floor(
         MONO_ITEMS, si_sdr=-0.44, pesq=1.211, stoi=0.656, vad_acc=0.773,
         lf_db=-38.3, level_db=-31.64, doa_err=None, rtf=0.211,
@@ -116,6 +116,11 @@ FLOORS: dict[str, Floor] = {
         lf_db=-26.0, level_db=-26.02, doa_err=26.3, rtf=0.432,
         stage_us={"select": 62.0, "vad": 154.1, "noise": 826.6, "doa": 579.2, "beamform": 2269.9,
                   "wiener": 147.5}),
+    "config/listening.yaml": Floor(
+        HAT_ITEMS, si_sdr=6.26, pesq=1.444, stoi=0.813, vad_acc=0.886,
+        lf_db=-43.8, level_db=-30.8, doa_err=9.9, rtf=1.786,
+        stage_us={"vad": 359.1, "noise": 1787.3, "doa": 777.4, "beamform": 3070.2,
+                  "denoise": 12771.1}),
 }
 
 
@@ -271,7 +276,7 @@ def row_text(config: str, floor: Floor) -> str:
 DEFAULT_ITEMS = {"config/default.yaml": HAT_ITEMS, "config/demo.yaml": HAT_ITEMS,
                  "config/mono.yaml": MONO_ITEMS, "config/mono-neural.yaml": MONO_ITEMS,
                  "config/respeaker-4mic-hat.yaml": HAT_ITEMS, "config/respeaker-usb-4mic.yaml": USB_ITEMS,
-                 "config/respeaker-6mic.yaml": SIX_ITEMS}
+                 "config/respeaker-6mic.yaml": SIX_ITEMS, "config/listening.yaml": HAT_ITEMS}
 
 
 def main(argv: list[str]) -> int:
