@@ -76,13 +76,17 @@ bench: venv
 	$(VENV)/bin/python bench/capture_latency.py --seconds 20
 
 # The peer benchmark (bench/peers.py): the `bench` extra, the Debian tools the test set is made with
-# (flite, festival and its voices), then the whole run with word error rates.
+# (flite, festival and its voices), then the whole run with word error rates: on the project's 4-channel
+# set (bench/RESULTS.md) and on the shared dev/asr set (bench/RESULTS-asr.md; mono, so the array rows
+# are left out there).
 # The test set and the outputs are cached outside the repository (bench/testset.py: default_cache).
 bench-peers: venv
 	$(VENV)/bin/python -m pip install --disable-pip-version-check -q -e '.[$(PIP_EXTRAS),bench]'
 	@PYTHON="$(PYTHON)" VENV="$(VENV)" tools/setup_debs.sh flite festival festvox-us-slt-hts festvox-kallpc16k \
 		festvox-kdlpc16k
 	nice -n 10 $(VENV)/bin/python bench/peers.py --wer
+	nice -n 10 $(VENV)/bin/python bench/peers.py --wer --set-dir ../shared/bench/dev/asr \
+		--md bench/RESULTS-asr.md --results bench/results-asr
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) build dist .pytest_cache .ruff_cache .mypy_cache .hypothesis
