@@ -49,12 +49,23 @@ def test_bench_errors_are_one_line():
     assert r.returncode == 78 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
+def wiener_chain(folder: Path) -> Path:
+    """A chain with a stage that passes audio unchanged (vad, noise) and one that changes it (wiener):
+    config/mono.yaml's chain before it became a DeepFilterNet3 chain."""
+    cfg = folder / "wiener-chain.yaml"
+    cfg.write_text("capture: {type: pyaudio, channels: 1}\n"
+                   "chain: [{stage: mix}, {stage: vad, engine: silero}, {stage: noise}, {stage: wiener}]\n",
+                   encoding="utf-8")
+    return cfg
+
+
 @pytest.fixture(scope="module")
 def eval_json(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     """One ``voxd eval --json --plot`` run on a dev/mono item (matplotlib: the ``plot`` extra, which
     ``make test`` installs)."""
     plots = tmp_path_factory.mktemp("plots")
-    r = run_voxd("eval", "--config", "config/mono.yaml", "--set-dir", str(MONO), "--items", "1", "--json",
+    cfg = wiener_chain(tmp_path_factory.mktemp("cfg"))
+    r = run_voxd("eval", "--config", str(cfg), "--set-dir", str(MONO), "--items", "1", "--json",
                  "--plot", str(plots), timeout=120)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout), plots
@@ -72,7 +83,7 @@ def test_eval_rows_per_stage_and_output_matches_voxd_process(eval_json, tmp_path
     assert rows["noise"]["si_sdr"] == pytest.approx(rows["input"]["si_sdr"], abs=0.01)
     out = tmp_path / "out.wav"
     noisy = str(MONO / "noisy" / f"{ITEM}.flac")
-    p = run_voxd("process", "--config", "config/mono.yaml", "-q", noisy, str(out))
+    p = run_voxd("process", "--config", str(wiener_chain(tmp_path)), "-q", noisy, str(out))
     assert p.returncode == 0, p.stderr
     clean, _ = sf.read(MONO / "clean" / f"{ITEM}.flac", dtype="float32")
     processed, _ = sf.read(out, dtype="float32")

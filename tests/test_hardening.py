@@ -196,7 +196,9 @@ def test_a_nan_and_an_inf_burst_do_not_poison_the_shipped_chains(config: str, tm
         r = run_voxd("process", "-q", "--config", f"config/{config}.yaml", str(src), str(out))
         assert r.returncode == 0 and r.stderr == "", r.stderr
         outs[name], _ = sf.read(out, dtype="float64")
-    before, after = slice(0, rate), slice(int(3.2 * rate), None)
+    # "before": up to 0.1 s ahead of the NaN, since a chain with look-ahead (mono.yaml's DeepFilterNet3:
+    # 33 ms) computes its last output samples before the NaN from input after it
+    before, after = slice(0, int(0.9 * rate)), slice(int(3.2 * rate), None)
     assert _db(outs["bad"][before]) == pytest.approx(_db(outs["clean"][before]), abs=0.01)
     assert _db(outs["bad"][after]) == pytest.approx(_db(outs["clean"][after]), abs=1.0)
     assert _db(outs["bad"][after]) > -40
