@@ -230,3 +230,43 @@ def test_format_error_names_the_requirement():
         build_chain(load_config_text(CAPTURE + "processing: {rate: 16000, window_ms: 32, hop_ms: 16}\n"
                                      "chain:\n  - stage: denoise\n", "t.yaml",
                                      plugins=load_plugins(disable=())), 1)
+
+
+def test_gain_side_value_is_the_effective_gain_per_bin():
+    """``denoise.gain`` (engine voxd): output over input magnitude per bin, in [0, 1], with the
+    attenuation limit as its floor; low on noise-only frames, higher where the voiced signal is."""
+    from voxd.side import DENOISE_GAIN
+
+    params = Denoise.Params.model_validate({"engine": "voxd"})
+    assert Denoise.provided_keys(params) == (DENOISE_GAIN,)
+    assert Denoise.provided_keys(params.model_copy(update={"engine": "gtcrn"})) == ()
+    x = speechlike(RATE)
+    for limit, floor in ((None, 0.0), (12, 10 ** (-12 / 20))):
+        text = "chain:\n  - stage: denoise\n" + (f"    attenuation_limit_db: {limit}\n" if limit else "")
+        chain = build(text)
+        node = next(n for n in chain.nodes if n.name == "denoise")
+        gains, ins, outs = [], [], []
+        orig = node.process
+
+        def tap(frame, orig=orig, gains=gains, ins=ins, outs=outs):
+            f = orig(frame)
+            gains.append(f.side[DENOISE_GAIN].copy())
+            ins.append(frame.spec.copy())
+            outs.append(f.spec.copy())
+            return f
+
+        node.process = tap
+        for i in range(x.shape[1] // HOP):
+            chain.process(Frame(np.ascontiguousarray(x[:, i * HOP : (i + 1) * HOP]), i, i * HOP, 0.0, RATE))
+        g, xin, y = np.stack(gains), np.stack(ins), np.stack(outs)
+        assert g.shape == (x.shape[1] // HOP, 1, BINS) and g.dtype == np.float32
+        assert np.isfinite(g).all() and g.min() >= 0.0 and g.max() <= 1.0
+        big = np.abs(xin) > 1e-4
+        expected = np.minimum(np.abs(y) / np.maximum(np.abs(xin), 1e-12), 1.0)
+        np.testing.assert_allclose(g[big], expected[big], atol=1e-4)
+        assert g[big].min() >= floor - 1e-4
+        if limit is not None:
+            continue
+        # the signal is on/off every 0.4 s: the mean gain of voiced frames exceeds that of the others
+        voiced = np.abs(xin[:, 0, 5:40]).mean(axis=1) > 0.1 * np.abs(xin[:, 0, 5:40]).mean(axis=1).max()
+        assert g[voiced, 0, 5:40].mean() > g[~voiced, 0, 5:40].mean() + 0.1

@@ -172,3 +172,8 @@ LEVEL_DBFS = declare(
 AGC_GAIN_DB = declare(
     "agc_gain_db", dtype="float", unit="dB", wire=True, watched=True, provider="agc",
     description="the AGC's gain at the frame's last sample (without the limiter's momentary reduction)")
+DENOISE_GAIN = declare(
+    "denoise.gain", dtype="float32", shape="(channels, bins)", unit="linear magnitude gain 0..1", wire=False,
+    provider="denoise (engine voxd)",
+    description="the denoiser's effective gain per channel and bin: output over input magnitude "
+                "(attenuation limit and mix included), clipped to 1; a speech presence cue for later stages")

@@ -44,6 +44,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from voxd.frame import AudioFormat, Domain, Frame
+from voxd.side import DENOISE_GAIN
 from voxd.stage import EventSink, FormatError, Stage, StageContext, StageParams
 from voxd_denoise import dfn3, gtcrn, rnnoise
 from voxd_denoise.framed import DelayLine, FramedRunner, TimeEngine, runner_delay, sanitise
@@ -135,6 +136,11 @@ class Denoise(Stage[DenoiseParams]):
     @classmethod
     def domain_for(cls, params: Any) -> Domain:
         return Domain.SPECTRAL if params.engine == "voxd" else Domain.TIME
+
+    @classmethod
+    def provided_keys(cls, params: Any) -> tuple[str, ...]:
+        # only the spectral engine sees the bins; the time-domain engines provide nothing
+        return (DENOISE_GAIN,) if params.engine == "voxd" else ()
 
     def __init__(self, params: DenoiseParams, name: str) -> None:
         super().__init__(params, name)
@@ -229,12 +235,12 @@ class Denoise(Stage[DenoiseParams]):
         x = spec if np.isfinite(spec).all() else np.nan_to_num(spec, nan=0.0, posinf=0.0, neginf=0.0)
         x = x.astype(np.complex64, copy=False)
         if self.failed is not None or self._model is None:
-            return frame.with_spec(x)
+            return frame.with_spec(x, **{DENOISE_GAIN: np.ones(x.shape, np.float32)})
         try:
             enh = self._model.enhance(x)
         except Exception as exc:
             self._fail(frame.pts, exc)
-            return frame.with_spec(x)
+            return frame.with_spec(x, **{DENOISE_GAIN: np.ones(x.shape, np.float32)})
         # attenuation limit: |enh / x| >= floor, the gain's phase kept
         mag_x, mag_e = np.abs(x), np.abs(enh)
         low = mag_e < self._floor * mag_x
@@ -245,7 +251,8 @@ class Denoise(Stage[DenoiseParams]):
             enh = self._wet * enh + self._dry * x
         # finite by construction: x was sanitised, the model's output checked, the limit and mix
         # only scale finite values (divisions are by max(|enh|, TINY))
-        return frame.with_spec(enh.astype(np.complex64, copy=False))
+        gain = np.minimum(np.abs(enh) / np.maximum(mag_x, TINY), 1.0).astype(np.float32)
+        return frame.with_spec(enh.astype(np.complex64, copy=False), **{DENOISE_GAIN: gain})
 
     def reset(self) -> None:
         if self._model is not None:
