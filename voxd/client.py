@@ -257,7 +257,9 @@ class Subscriber:
             self._monitor.close(linger=0)
             self._monitor = None
         self._socket.close(linger=0)
-        self._context.term()
+        # destroy, not term: term() waits for every socket of the context to close, and one left open
+        # (an interrupt inside the monitor's teardown) would hang the exit forever
+        self._context.destroy(linger=0)
 
     @property
     def closed(self) -> bool:
