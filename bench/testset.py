@@ -241,7 +241,7 @@ def _prepare_data() -> ModuleType:
     to float32 mono 16 kHz), imported from its file: it is a script, not a package module."""
     name = "voxd_train_prepare_data"
     if name not in sys.modules:
-        path = ROOT / "plugins" / "voxd_denoise" / "train" / "prepare_data.py"
+        path = ROOT / "train" / "denoise" / "v1" / "prepare_data.py"  # the v1 recipe's script
         spec = importlib.util.spec_from_file_location(name, path)
         assert spec is not None and spec.loader is not None
         mod = importlib.util.module_from_spec(spec)
@@ -776,6 +776,20 @@ def set_hash(files: dict[str, str]) -> str:
     return hashlib.sha256("".join(f"{k} {files[k]}\n" for k in sorted(files)).encode()).hexdigest()
 
 
+def python_versions() -> dict[str, str]:
+    """Versions of the Python packages a set is made with (numpy, scipy, soxr, soundfile, pyroomacoustics)."""
+    import numpy
+    import scipy
+    import soxr
+
+    py = {"numpy": numpy.__version__, "scipy": scipy.__version__, "soxr": soxr.__version__,
+          "soundfile": sf.__version__}
+    # its metadata, not an import: pyroomacoustics imports sounddevice, which starts PortAudio
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        py["pyroomacoustics"] = importlib.metadata.version("pyroomacoustics")
+    return py
+
+
 def build(out: Path, cfg: SetConfig, speech: Speech, recorded: Recorded | None, rirs_fn: RirFn = pra_rirs,
           progress: bool = True) -> dict[str, Any]:
     """Write the set to ``out`` (created atomically: built beside it, then renamed); returns the manifest."""
@@ -797,15 +811,7 @@ def build(out: Path, cfg: SetConfig, speech: Speech, recorded: Recorded | None, 
                       file=sys.stderr)
         (tmp / "meta.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
         files = {str(f.relative_to(tmp)): sha256_file(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
-        import numpy
-        import scipy
-        import soxr
-
-        py = {"numpy": numpy.__version__, "scipy": scipy.__version__, "soxr": soxr.__version__,
-              "soundfile": sf.__version__}
-        # its metadata, not an import: pyroomacoustics imports sounddevice, which starts PortAudio
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            py["pyroomacoustics"] = importlib.metadata.version("pyroomacoustics")
+        py = python_versions()
         debs = speech.versions()
         if recorded is not None:
             debs |= recorded.versions()
