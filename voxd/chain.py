@@ -199,9 +199,14 @@ class StageNode(Node):
 class Chain:
     """A built chain: call :meth:`open`, then :meth:`process` once per hop-sized time frame."""
 
-    def __init__(self, nodes: list[Node], in_format: AudioFormat, taps: set[str]) -> None:
+    def __init__(self, nodes: list[Node], in_format: AudioFormat, taps: set[str],
+                 reference: tuple[int, ...] = ()) -> None:
         self.nodes = nodes
         self.in_format = in_format
+        #: indices of the captured channels that are the playback reference (side value aec.reference),
+        #: not microphones; ``in_format.channels`` counts the microphones only
+        self.reference = reference
+        self.captured_channels = in_format.channels + len(reference)
         self.out_format = nodes[-1].out_format if nodes else in_format
         self.taps = taps
         self.tap_frames: dict[str, Frame] = {}
@@ -325,13 +330,24 @@ def _channels_mismatch(loaded: LoadedConfig, spec: StageSpec, channels: int, n_p
 
 
 def build_chain(loaded: LoadedConfig, input_channels: int) -> Chain:
-    """Instantiate and check the configured chain for ``input_channels`` input channels.
+    """Instantiate and check the configured chain for ``input_channels`` captured channels (the
+    reference channels of ``capture.reference_channels`` among them: the chain gets the others).
 
     Raises :class:`~voxd.errors.ConfigError` listing every problem (formats, side-value order, array
     geometry). No stage is opened here.
     """
     cfg = loaded.config
     proc = cfg.processing
+    reference = tuple(cfg.capture.reference_positions())
+    if reference:
+        bad = [c for c in reference if c >= input_channels]
+        problem = (f"channel {bad[0]} does not exist: the capture has {input_channels} channel"
+                   f"{'s' * (input_channels != 1)} (0-{input_channels - 1})" if bad else
+                   f"all {input_channels} channels are references: no microphone left"
+                   if len(reference) >= input_channels else None)
+        if problem is not None:
+            raise ConfigError([loaded.error(("capture", "reference_channels"), problem)])
+        input_channels -= len(reference)
     hop = round(proc.rate * proc.hop_ms / 1000)
     n_fft = round(proc.rate * proc.window_ms / 1000)
     in_format = AudioFormat(proc.rate, input_channels, hop)
@@ -376,7 +392,7 @@ def build_chain(loaded: LoadedConfig, input_channels: int) -> Chain:
     # tap names were checked against the chain's stage names by the config loader
     if errors:
         raise ConfigError(sorted(set(errors), key=_line_key))
-    return Chain(nodes, in_format, set(cfg.output.taps))
+    return Chain(nodes, in_format, set(cfg.output.taps), reference)
 
 
 def _line_key(line: str) -> tuple[Any, ...]:

@@ -26,7 +26,7 @@ import numpy as np
 from voxd.chain import Chain
 from voxd.frame import Flags, Frame, finite_within, header_side, sanitized
 from voxd.resample import StreamResampler
-from voxd.side import SPEECH
+from voxd.side import AEC_REFERENCE, SPEECH
 from voxd.sources.base import Block
 
 
@@ -58,12 +58,17 @@ class Pipeline:
         self.hop = chain.hop
         self.out_frame = out_frame
         self.delay = chain.delay_samples
-        self.resampler = StreamResampler(in_rate, self.rate, chain.in_format.channels)
+        # the capture's playback reference channels (capture.reference_channels) are resampled with the
+        # microphones and split from them per hop: they travel as the side value aec.reference
+        self._ref = np.asarray(chain.reference, dtype=np.intp)
+        self._mics = np.asarray([c for c in range(chain.captured_channels) if c not in chain.reference],
+                                dtype=np.intp)
+        self.resampler = StreamResampler(in_rate, self.rate, chain.captured_channels)
         self._ratio = self.rate / in_rate
         self._in_samples = 0  # at the source rate
         # (pts at chain rate, t) of recent blocks; bounded: output never lags by more than a few blocks
         self._anchors: deque[tuple[float, float]] = deque(maxlen=256)
-        self._pending = np.zeros((chain.in_format.channels, 0), np.float32)
+        self._pending = np.zeros((chain.captured_channels, 0), np.float32)
         self._pending_flags = Flags.NONE
         self._received = 0  # chain-rate samples into the chain, real ones (not the flush padding)
         self._hops = 0
@@ -101,7 +106,8 @@ class Pipeline:
     def can_swap(self, chain: Chain) -> bool:
         """True when :meth:`swap_chain` can take ``chain`` (same input format and output channels)."""
         old = self.chain
-        return (chain.in_format == old.in_format and chain.out_format.channels == old.out_format.channels
+        return (chain.in_format == old.in_format and chain.reference == old.reference
+                and chain.out_format.channels == old.out_format.channels
                 and chain.out_format.rate == old.out_format.rate)
 
     def swap_chain(self, chain: Chain) -> None:
@@ -184,8 +190,12 @@ class Pipeline:
 
     def _run_hop(self, samples: np.ndarray) -> list[OutFrame]:
         pts = self._hops * self.hop
+        side: dict[str, Any] = {}
+        if self._ref.size:
+            side[AEC_REFERENCE] = samples[self._ref]
+            samples = samples[self._mics]
         frame = Frame(samples=samples, seq=self._hops, pts=pts, t=self.time_of(pts), rate=self.rate,
-                      flags=self._pending_flags)
+                      flags=self._pending_flags, side=side)
         self._pending_flags = Flags.NONE
         self._hops += 1
         self.frames_in += 1

@@ -24,6 +24,9 @@ from typing import Any, Literal
 Dtype = Literal["bool", "float", "float32", "complex64"]
 
 __all__ = [
+    "AEC_ACTIVE",
+    "AEC_ERLE_DB",
+    "AEC_REFERENCE",
     "AGC_GAIN_DB",
     "DOA_CONFIDENCE",
     "DOA_DEG",
@@ -177,3 +180,16 @@ DENOISE_GAIN = declare(
     provider="denoise (engine voxd)",
     description="the denoiser's effective gain per channel and bin: output over input magnitude "
                 "(attenuation limit and mix included), clipped to 1; a speech presence cue for later stages")
+AEC_REFERENCE = declare(
+    "aec.reference", dtype="float32", shape="(ref_channels, samples)", unit="full scale", wire=False,
+    provider="pipeline (capture.reference_channels)",
+    description="the playback reference (loopback channels of the capture), sample-synchronous with the "
+                "frame's microphone samples; the aec stage's far end")
+AEC_ERLE_DB = declare(
+    "aec.erle_db", dtype="float", unit="dB", wire=True, watched=True, provider="aec",
+    description="the echo canceller's echo return loss enhancement as the stage measures it: smoothed "
+                "input over output power of its first channel while the reference is active (0 otherwise)")
+AEC_ACTIVE = declare(
+    "aec.active", dtype="bool", wire=True, provider="aec",
+    description="playback present: the reference was not silent within the stage's silence_hold_ms (the "
+                "stage cancels; otherwise it passes its input through)")

@@ -68,6 +68,17 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+def _unique_refs(v: list[int] | None) -> list[int] | None:
+    if v is not None and len(set(v)) != len(v):
+        dup = next(c for c in v if v.count(c) > 1)
+        raise custom_error(f"channel {dup} is listed twice")
+    return v
+
+
+#: playback reference (loopback) channels of the capture, 0-based
+ReferenceChannels = list[Annotated[int, Field(ge=0, le=63)]] | None
+
+
 class FileCapture(Section):
     """Read audio from a sound file (``voxd process``, tests, benchmarks)."""
 
@@ -77,6 +88,20 @@ class FileCapture(Section):
     )
     realtime: bool = Field(True, description="Pace reading at the file's real-time rate.")
     loop: bool = Field(False, description="Start again at the end of the file instead of stopping.")
+    reference_channels: ReferenceChannels = Field(
+        None, min_length=1, max_length=8, description="File channels (0-based) that carry the playback "
+        "reference (loopback) for the 'aec' stage: they leave the microphone channels and travel with each "
+        "frame as the side value aec.reference."
+    )
+
+    @field_validator("reference_channels")
+    @classmethod
+    def _refs_unique(cls, v: list[int] | None) -> list[int] | None:
+        return _unique_refs(v)
+
+    def reference_positions(self) -> list[int]:
+        """Indices of the reference channels in the blocks the source delivers ([] without any)."""
+        return list(self.reference_channels or [])
 
     @field_validator("path")
     @classmethod
@@ -107,6 +132,11 @@ class PyAudioCapture(Section):
         "e.g. "
         "[0, 1, 2, 3, 4, 5] to drop the loopback channels 6-7 of a ReSpeaker 6-mic board."
     )
+    reference_channels: ReferenceChannels = Field(
+        None, min_length=1, max_length=8, description="Device channels (0-based) that carry the playback "
+        "reference (loopback) for the 'aec' stage, e.g. [6, 7] on a ReSpeaker 6-mic board: they leave the "
+        "microphone channels and travel with each frame as the side value aec.reference."
+    )
     stall_timeout_ms: FiniteFloat = Field(
         2000.0, gt=0, le=60_000, description="No data for this long means the device is lost (a stalled "
         "device delivers nothing and raises nothing)."
@@ -128,12 +158,45 @@ class PyAudioCapture(Section):
                 raise field_error("channel_map", f"channel {bad[0]} does not exist: the device is opened "
                                   f"with {self.channels} channel{'s' if self.channels != 1 else ''} (0-"
                                   f"{self.channels - 1})")
+        if self.reference_channels is not None:
+            try:
+                _unique_refs(self.reference_channels)
+            except PydanticCustomError as exc:
+                raise field_error("reference_channels", exc.message()) from None
+            bad = [c for c in self.reference_channels if c >= self.channels]
+            if bad:
+                raise field_error("reference_channels", f"channel {bad[0]} does not exist: the device is "
+                                  f"opened with {self.channels} channel{'s' if self.channels != 1 else ''} "
+                                  f"(0-{self.channels - 1})")
+            both = [c for c in self.reference_channels if c in (self.channel_map or ())]
+            if both:
+                raise field_error("reference_channels", f"channel {both[0]} is also in channel_map: a "
+                                  "reference channel is not a microphone")
+            mics = len(self.channel_map) if self.channel_map is not None else self.channels
+            if self.channel_map is None and mics - len(self.reference_channels) < 1:
+                raise field_error("reference_channels", f"all {self.channels} channels are references: no "
+                                  "microphone left")
         return self
 
     @property
     def out_channels(self) -> int:
-        """Channels the source delivers to the chain (after the channel map)."""
-        return len(self.channel_map) if self.channel_map is not None else self.channels
+        """Channels the source delivers to the pipeline (after the channel map, references included)."""
+        refs = len(self.reference_channels) if self.channel_map is not None and self.reference_channels else 0
+        return (len(self.channel_map) + refs) if self.channel_map is not None else self.channels
+
+    def device_channels(self) -> list[int] | None:
+        """The device channels the source keeps, in delivery order (None: all, in device order): the
+        channel map, then the reference channels."""
+        if self.channel_map is None:
+            return None
+        return list(self.channel_map) + list(self.reference_channels or [])
+
+    def reference_positions(self) -> list[int]:
+        """Indices of the reference channels in the blocks the source delivers ([] without any)."""
+        refs = list(self.reference_channels or [])
+        if self.channel_map is not None:
+            return list(range(len(self.channel_map), len(self.channel_map) + len(refs)))
+        return refs
 
 
 #: capture models by ``type``. The loader picks the model from this table itself (rather than through

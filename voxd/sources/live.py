@@ -45,7 +45,8 @@ class LiveSource(Source):
         self.chain_rate = chain_rate
         self.name = str(cfg.device) if cfg.device is not None else "default input"
         self.channels = cfg.out_channels
-        self._map = np.asarray(cfg.channel_map) if cfg.channel_map is not None else None
+        kept = cfg.device_channels()
+        self._map = np.asarray(kept) if kept is not None else None
         self._pa: Any = None
         self._stream: Any = None
         self._queue: queue.Queue[tuple[bytes, float, bool]] = queue.Queue()

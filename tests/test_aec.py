@@ -1,0 +1,208 @@
+"""The playback reference (capture.reference_channels -> side value aec.reference) and the ``aec`` stage
+(plugins/voxd_aec, WebRTC AEC3 through livekit: docs/echo.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from scipy.signal import butter, lfilter, sosfilt
+
+from voxd.chain import build_chain
+from voxd.config import load_config
+from voxd.errors import ConfigError
+from voxd.frame import AudioFormat, Frame
+from voxd.pipeline import Pipeline
+from voxd.side import AEC_ACTIVE, AEC_ERLE_DB, AEC_REFERENCE
+from voxd.sources.base import Block
+
+pytest.importorskip("livekit")
+from voxd_aec.stage import APM_DELAY, Aec, AecParams  # noqa: E402
+
+RATE, HOP = 16000, 160
+SPEECH = Path(__file__).parent / "data" / "speech" / "allison-congrats-10s.flac"
+#: the synthetic echo case below gives 20-30 dB over seconds 2-6 (docs/echo.md); pass-through gives 0
+MIN_ERLE_DB = 12.0
+
+
+def write(tmp_path: Path, text: str) -> str:
+    p = tmp_path / "voxd.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+def config_error(path: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return info.value.lines
+
+
+# --- config ------------------------------------------------------------------------------------------
+
+
+def test_reference_channel_out_of_range_is_one_line_at_its_key(tmp_path: Path) -> None:
+    f = write(tmp_path, "capture:\n  type: pyaudio\n  channels: 8\n  reference_channels: [6, 8]\n")
+    assert config_error(f) == [f"{f}:4: capture.reference_channels: channel 8 does not exist: the device is "
+                               "opened with 8 channels (0-7)"]
+
+
+def test_reference_channel_in_channel_map_is_an_error(tmp_path: Path) -> None:
+    f = write(tmp_path, "capture:\n  type: pyaudio\n  channels: 8\n  channel_map: [0, 1, 2, 3, 4, 5, 6]\n"
+                        "  reference_channels: [6, 7]\n")
+    assert config_error(f) == [f"{f}:5: capture.reference_channels: channel 6 is also in channel_map: a "
+                               "reference channel is not a microphone"]
+
+
+def test_reference_channel_twice_is_an_error(tmp_path: Path) -> None:
+    f = write(tmp_path, "capture:\n  type: pyaudio\n  channels: 8\n  reference_channels: [7, 7]\n")
+    (line,) = config_error(f)
+    assert line.startswith(f"{f}:4: capture.reference_channels") and "listed twice" in line
+
+
+def test_file_reference_beyond_the_file_channels_is_a_config_error(tmp_path: Path) -> None:
+    f = write(tmp_path, "capture:\n  type: file\n  path: x.wav\n  reference_channels: [4]\n")
+    loaded = load_config(f)
+    with pytest.raises(ConfigError) as info:
+        build_chain(loaded, 4)
+    assert info.value.lines == [f"{f}:4: capture.reference_channels: channel 4 does not exist: the capture "
+                                "has 4 channels (0-3)"]
+
+
+def test_pyaudio_delivers_map_then_references(tmp_path: Path) -> None:
+    f = write(tmp_path, "capture:\n  type: pyaudio\n  channels: 8\n  channel_map: [0, 1, 2, 3, 4, 5]\n"
+                        "  reference_channels: [6, 7]\n")
+    cap = load_config(f).config.capture
+    assert cap.out_channels == 8 and cap.device_channels() == [0, 1, 2, 3, 4, 5, 6, 7]
+    assert cap.reference_positions() == [6, 7]
+
+
+# --- the reference split -----------------------------------------------------------------------------
+
+
+def run_spy(tmp_path: Path, refs: str, x: np.ndarray) -> list[Frame]:
+    f = write(tmp_path, f"capture:\n  type: file\n  path: x.wav\n{refs}chain: []\n")
+    loaded = load_config(f)
+    chain = build_chain(loaded, x.shape[0])
+    seen: list[Frame] = []
+    real = chain.process
+
+    def spy(frame: Frame) -> Frame:
+        seen.append(frame)
+        return real(frame)
+
+    chain.process = spy  # type: ignore[method-assign]
+    chain.open(RATE)
+    pipe = Pipeline(chain, RATE, 320)
+    for i in range(0, x.shape[1], 320):
+        pipe.push(Block(x[:, i:i + 320], 0.0))
+    pipe.flush()
+    return seen
+
+
+def test_reference_split_is_bit_exact(tmp_path: Path) -> None:
+    x = np.random.default_rng(1).uniform(-1, 1, (8, RATE)).astype(np.float32)
+    seen = run_spy(tmp_path, "  reference_channels: [6, 7]\n", x)
+    assert seen[0].samples is not None and seen[0].samples.shape == (6, HOP)
+    mics = np.concatenate([fr.samples for fr in seen if fr.samples is not None], axis=1)[:, : RATE]
+    ref = np.concatenate([fr.side[AEC_REFERENCE] for fr in seen], axis=1)[:, : RATE]
+    assert ref.dtype == np.float32 and np.array_equal(ref, x[6:8]) and np.array_equal(mics, x[:6])
+
+
+def test_without_reference_nothing_changes(tmp_path: Path) -> None:
+    x = np.random.default_rng(2).uniform(-1, 1, (8, RATE)).astype(np.float32)
+    seen = run_spy(tmp_path, "", x)
+    assert all(AEC_REFERENCE not in fr.side for fr in seen)
+    mics = np.concatenate([fr.samples for fr in seen if fr.samples is not None], axis=1)[:, : RATE]
+    assert np.array_equal(mics, x)
+
+
+# --- the stage ---------------------------------------------------------------------------------------
+
+
+def stage(channels: int = 1, **params: float) -> Aec:
+    s = Aec(AecParams(**params), "aec")
+    s.accept(AudioFormat(RATE, channels, HOP))
+    from voxd.stage import StageContext
+    s.open(StageContext(rate=RATE))
+    return s
+
+
+def run_stage(s: Aec, mic: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, list[Frame]]:
+    outs, frames = [], []
+    for i in range(0, mic.shape[1] - HOP + 1, HOP):
+        fr = s.process(Frame(samples=mic[:, i:i + HOP], seq=i // HOP, pts=i, t=0.0, rate=RATE,
+                             side={AEC_REFERENCE: ref[:, i:i + HOP]}))
+        assert fr.samples is not None
+        outs.append(fr.samples)
+        frames.append(fr)
+    y = np.concatenate(outs, axis=1)
+    d = s.delay_samples
+    return y[:, d:], frames
+
+
+def echo_scene(seconds: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
+    import soundfile as sf
+    far, _ = sf.read(SPEECH, dtype="float32")
+    far = far[: int(seconds * RATE)]
+    far = far / np.sqrt(np.mean(far ** 2)) * 0.1
+    spk = np.tanh(3 * sosfilt(butter(4, [200, 6000], btype="band", fs=RATE, output="sos"), far)) / 3
+    rng = np.random.default_rng(0)
+    n = int(0.3 * RATE)
+    rir = rng.standard_normal(n) * np.exp(-6.9 * np.arange(n) / RATE / 0.25) * 0.3
+    rir[0] = 1.0
+    echo = lfilter(np.concatenate([np.zeros(80), rir]), [1.0], spk)
+    echo = echo / np.sqrt(np.mean(echo ** 2)) * 10 ** (-15 / 20)
+    mic = echo + rng.standard_normal(len(far)) * 10 ** (-65 / 20)
+    return mic[None].astype(np.float32), far[None].astype(np.float32)
+
+
+def db(x: np.ndarray) -> float:
+    return float(10 * np.log10(np.mean(np.square(x, dtype=np.float64)) + 1e-20))
+
+
+def test_echo_is_removed() -> None:
+    mic, far = echo_scene()
+    y, frames = run_stage(stage(), mic, far)
+    seg = slice(2 * RATE, y.shape[1])
+    erle = db(mic[0, seg]) - db(y[0, seg])
+    assert erle >= MIN_ERLE_DB, erle
+    assert frames[-1].side[AEC_ACTIVE] is True and frames[-1].side[AEC_ERLE_DB] > 0
+
+
+def test_silent_reference_passes_the_input_through_bit_exact() -> None:
+    x = np.random.default_rng(3).uniform(-0.5, 0.5, (2, 2 * RATE)).astype(np.float32)
+    s = stage(2)
+    y, frames = run_stage(s, x, np.zeros((2, x.shape[1]), np.float32))
+    assert s.delay_samples == APM_DELAY[RATE]
+    assert np.array_equal(y, x[:, : y.shape[1]])
+    assert not any(fr.side[AEC_ACTIVE] for fr in frames)
+
+
+def test_non_finite_input_gives_finite_output() -> None:
+    x = np.random.default_rng(4).uniform(-0.5, 0.5, (2, RATE)).astype(np.float32)
+    x[0, 100:400] = np.nan
+    x[1, 500] = np.inf
+    ref = x.copy()
+    y, _ = run_stage(stage(2), x, ref)
+    assert np.isfinite(y).all()
+
+
+def test_reset_starts_afresh() -> None:
+    mic, far = echo_scene(2.0)
+    s = stage()
+    a, _ = run_stage(s, mic, far)
+    s.reset()
+    b, _ = run_stage(s, mic, far)
+    assert np.isfinite(b).all() and a.shape == b.shape
+
+
+@settings(max_examples=15, deadline=None)
+@given(arrays(np.float32, (2, 3 * HOP), elements=st.floats(width=32, allow_nan=True, allow_infinity=True)),
+       arrays(np.float32, (1, 3 * HOP), elements=st.floats(width=32, allow_nan=True, allow_infinity=True)))
+def test_hostile_input_gives_finite_output(x: np.ndarray, ref: np.ndarray) -> None:
+    y, _ = run_stage(stage(2), x, ref)
+    assert np.isfinite(y).all() and y.dtype == np.float32
