@@ -21,7 +21,7 @@ from voxd.side import AEC_ACTIVE, AEC_ERLE_DB, AEC_REFERENCE
 from voxd.sources.base import Block
 
 pytest.importorskip("livekit")
-from voxd_aec.stage import APM_DELAY, Aec, AecParams  # noqa: E402
+from voxd_aec.stage import APM_DELAY, Aec, AecParams
 
 RATE, HOP = 16000, 160
 SPEECH = Path(__file__).parent / "data" / "speech" / "allison-congrats-10s.flac"

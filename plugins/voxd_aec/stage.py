@@ -111,14 +111,14 @@ class Aec(Stage[AecParams]):
         fmt = self.input_format
         self._hold = round(self.params.silence_hold_ms * fmt.rate / 1000)
         self._engine: _Engine | None = None
-        self._make = lambda: _Engine(fmt.channels, fmt.rate, self.params.stream_delay_ms)
+        self._shape = (fmt.channels, fmt.rate)
         d = self.delay_samples
         self._line = np.zeros((fmt.channels, d + fmt.frame), np.float32)  # dry input, delayed by d
         self._ramp = ((np.arange(fmt.frame, dtype=np.float32) + 1) / fmt.frame)[None, :]
         self.reset()
 
     def reset(self) -> None:
-        self._engine = self._make()
+        self._engine = _Engine(*self._shape, self.params.stream_delay_ms)
         self._line[:] = 0.0
         self._silent = self._hold  # samples since the reference was last non-zero (capped)
         self._active = False
@@ -143,7 +143,7 @@ class Aec(Stage[AecParams]):
             self._silent = 0
         else:
             self._silent = min(self._silent + n, self._hold)
-        active = self._silent < self._hold or self._hold == 0 and ref.any()
+        active = self._silent < self._hold or (self._hold == 0 and ref.any())
         dry = self._delayed(x)
         wet = self._engine.process(x, ref)
         if active and self._active:
