@@ -149,8 +149,11 @@ def test_start_before_the_history_and_other_stages():
 def _start_example(script: str, endpoint: str) -> tuple[subprocess.Popen[str], list[str], threading.Event]:
     """Start ``examples/SCRIPT --json`` on ``endpoint``; a thread collects its stderr and sets the event
     once it says it is ready (model loaded, subscribed)."""
+    # SIGINT as in a terminal's foreground job: a test run started in the background (nohup, `cmd &` in a
+    # script) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler
     proc = subprocess.Popen([sys.executable, str(EXAMPLES / script), "--endpoint", endpoint, "--json"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: list[str] = []
     ready = threading.Event()
 

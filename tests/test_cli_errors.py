@@ -34,7 +34,7 @@ def test_config_mistake_gives_one_exact_line_and_exit_78(case, voxd, recording, 
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(f"capture: {{type: file, path: {recording}}}\n{body}")
     # only the basic plugin, so that the "installed:" list is fixed whatever other plugins exist
-    r = voxd("check", str(cfg), env={"VOXD_DISABLE_PLUGINS": "extra,broken,vad,noise,denoise,array,agc"})
+    r = voxd("check", str(cfg), env={"VOXD_DISABLE_PLUGINS": "extra,broken,vad,noise,denoise,array,agc,aec"})
     assert r.returncode == 78
     assert r.stderr.strip() == expected.format(f=cfg)
     assert "Traceback" not in r.stderr and r.stdout == ""

@@ -39,7 +39,7 @@ def test_outside_stage_runs_in_a_chain_despite_the_broken_plugin(voxd, outside_p
 def test_unknown_stage_names_the_failed_plugin(voxd, outside_plugins, recording, tmp_path):
     cfg = write_config(tmp_path / "c.yaml", recording, "  - {stage: denoise_broken}\n")
     # first-party plugins other than basic are blocked so that the "installed:" list is fixed
-    blocked = "vad,noise,denoise,array,agc"
+    blocked = "vad,noise,denoise,array,agc,aec"
     r = voxd("check", str(cfg), env={**outside_plugins, "VOXD_DISABLE_PLUGINS": blocked})
     assert r.returncode == 78
     assert r.stderr.strip() == (
