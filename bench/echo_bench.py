@@ -50,32 +50,14 @@ import soundfile as sf  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import echoset  # noqa: E402
 
-import voxd.chain  # noqa: E402
 from voxd.config import LoadedConfig, load_config_text  # noqa: E402
 from voxd.runtime import process_file  # noqa: E402
-from voxd.side import AEC_REFERENCE  # noqa: E402
 
 RATE = 16000
 SETTLE_S = 2.0  # ERLE on far-end-only spans after this (s): the canceller's convergence
 CHANGE_WINDOW_S = 1.0  # ERLE window after the echo-path change (s)
 CHAINS = ("plain", "aec")
 EPS = 1e-20
-
-_side_key_errors = voxd.chain._side_key_errors
-
-
-def _side_key_errors_with_reference(loaded: LoadedConfig) -> list[str]:
-    """WORKAROUND (to remove once the chain builder knows it): ``capture.reference_channels`` provides
-    ``aec.reference``, but the builder's side-key check does not count it, so any chain with ``aec`` is
-    refused ("requires 'aec.reference', which no earlier stage provides")."""
-    errors = _side_key_errors(loaded)
-    if loaded.config.capture.reference_positions():
-        errors = [e for e in errors if f"'{AEC_REFERENCE}'" not in e]
-    return errors
-
-
-voxd.chain._side_key_errors = _side_key_errors_with_reference
-
 
 def chain_config(wav: Path, mics: int, with_aec: bool) -> LoadedConfig:
     """Capture ``wav`` (``mics`` microphones + the reference at channel ``mics``), 10 ms frames;

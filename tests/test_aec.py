@@ -206,3 +206,34 @@ def test_reset_starts_afresh() -> None:
 def test_hostile_input_gives_finite_output(x: np.ndarray, ref: np.ndarray) -> None:
     y, _ = run_stage(stage(2), x, ref)
     assert np.isfinite(y).all() and y.dtype == np.float32
+
+
+# --- a configured chain (config -> chain -> pipeline, as `voxd process` runs it) ----------------------
+
+
+def test_a_configured_aec_chain_removes_the_echo_of_its_loopback_channel(tmp_path: Path) -> None:
+    """`aec` in a config's chain with `capture.reference_channels`: the capture provides the reference
+    (a chain check once refused it: "requires 'aec.reference', which no earlier stage provides"), and
+    `voxd process` on a 2-channel file (mic, loopback) removes the echo."""
+    import soundfile as sf
+
+    from voxd.runtime import process_file
+
+    mic, far = echo_scene()
+    wav = tmp_path / "board.wav"
+    sf.write(wav, np.concatenate([mic, far]).T, RATE, subtype="FLOAT")
+    f = write(tmp_path, f"capture:\n  type: file\n  path: {wav}\n  reference_channels: [1]\n"
+                        "chain:\n  - stage: aec\n")
+    res = process_file(load_config(f), str(wav))
+    y = res.audio[0]  # (channels, n): the one microphone
+    seg = slice(2 * RATE, min(len(y), mic.shape[1]))
+    assert db(mic[0, seg]) - db(y[seg]) >= MIN_ERLE_DB
+    without = write(tmp_path, f"capture:\n  type: file\n  path: {wav}\nchain:\n  - stage: aec\n")
+    (line,) = config_error_on_build(without)
+    assert "requires 'aec.reference'" in line and "set capture.reference_channels" in line
+
+
+def config_error_on_build(path: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        build_chain(load_config(path), 2)
+    return info.value.lines

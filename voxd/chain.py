@@ -19,6 +19,7 @@ import numpy as np
 from voxd.errors import ConfigError, FormatError, StageError
 from voxd.frame import AudioFormat, Domain, Flags, Frame, finite_within
 from voxd.geometry import SPEED_OF_SOUND
+from voxd.side import AEC_REFERENCE
 from voxd.stage import EventSink, Stage, StageContext, discard_events
 from voxd.stft import StftAnalysis, StftSynthesis
 
@@ -294,6 +295,8 @@ def _side_key_errors(loaded: LoadedConfig) -> list[str]:
     errors: list[str] = []
     specs = loaded.config.chain
     provided: dict[str, str] = {}
+    if loaded.config.capture.reference_positions():  # the capture itself provides the playback reference
+        provided[AEC_REFERENCE] = "capture.reference_channels"
     for spec in specs:
         for key in spec.cls.required_keys(spec.params):
             if key in provided:
@@ -301,7 +304,9 @@ def _side_key_errors(loaded: LoadedConfig) -> list[str]:
             later = next((s for s in specs
                           if s.index > spec.index and key in s.cls.provided_keys(s.params)), None)
             hint = (f"; stage '{later.name}' ({later.kind}) provides it but comes later (chain.{later.index})"
-                    if later else "")
+                    if later else
+                    "; set capture.reference_channels to the playback loopback channels"
+                    if key == AEC_REFERENCE else "")
             errors.append(loaded.error(("chain", spec.index),
                           f"stage '{spec.name}' ({spec.kind}) requires '{key}', "
                           f"which no earlier stage provides{hint}"))
