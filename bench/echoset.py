@@ -81,7 +81,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -615,10 +614,7 @@ def build(out: Path, cfg: EchoConfig, speech: Speech, recorded: Recorded | None,
                     "rate": RATE, "debian_packages": debs, "python_packages": testset.python_versions(),
                     "python": sys.version.split()[0], "files_sha256": files,
                     "set_sha256": testset.set_hash(files)}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        testset.publish(tmp, out, manifest)
         return manifest
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -626,10 +622,7 @@ def build(out: Path, cfg: EchoConfig, speech: Speech, recorded: Recorded | None,
 
 def default_cache() -> Path:
     """``$VOXD_ECHOSET_CACHE``, else ``$XDG_CACHE_HOME/voxd/echoset``, else ``~/.cache/voxd/echoset``."""
-    if os.environ.get("VOXD_ECHOSET_CACHE"):
-        return Path(os.environ["VOXD_ECHOSET_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "voxd" / "echoset"
+    return testset.cache_root("VOXD_ECHOSET_CACHE", "echoset")
 
 
 def ensure(cache: Path, cfg: EchoConfig | None = None, force: bool = False,

@@ -820,21 +820,32 @@ def build(out: Path, cfg: SetConfig, speech: Speech, recorded: Recorded | None, 
                     "rate": RATE, "debian_packages": debs,
                     "python_packages": py, "python": platform.python_version(),
                     "files_sha256": files, "set_sha256": set_hash(files)}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        publish(tmp, out, manifest)
         return manifest
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def cache_root(env: str, name: str) -> Path:
+    """``$ENV``, else ``$XDG_CACHE_HOME/voxd/NAME``, else ``~/.cache/voxd/NAME`` (a generated set's cache)."""
+    if os.environ.get(env):
+        return Path(os.environ[env])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "voxd" / name
+
+
+def publish(tmp: Path, out: Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest.json`` into the finished set ``tmp`` and put it in place of ``out`` (a reader
+    never sees a half-built set)."""
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
 def default_cache() -> Path:
     """``$VOXD_PEERSET_CACHE``, else ``$XDG_CACHE_HOME/voxd/peerset``, else ``~/.cache/voxd/peerset``."""
-    if os.environ.get("VOXD_PEERSET_CACHE"):
-        return Path(os.environ["VOXD_PEERSET_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "voxd" / "peerset"
+    return cache_root("VOXD_PEERSET_CACHE", "peerset")
 
 
 def ensure(cache: Path, cfg: SetConfig | None = None, force: bool = False) -> tuple[Path, dict[str, Any]]:
