@@ -182,6 +182,34 @@ def test_silent_reference_passes_the_input_through_bit_exact() -> None:
     assert not any(fr.side[AEC_ACTIVE] for fr in frames)
 
 
+def test_no_playback_runs_no_engine_and_cancelling_resumes_after_the_pause() -> None:
+    """Between two playbacks (reference silent for longer than the hold) the APMs are not called beyond
+    the hold; when playback resumes the same APMs cancel the echo again."""
+    mic, far = echo_scene(6.0)
+    pause = np.zeros((1, 2 * RATE), np.float32)
+    noise = np.random.default_rng(5).standard_normal((1, 2 * RATE)).astype(np.float32) * 1e-3
+    s = stage()
+    assert s._engine is not None
+    calls = 0
+    real = s._engine.process
+
+    def counting(m: np.ndarray, r: np.ndarray) -> np.ndarray:
+        nonlocal calls
+        calls += 1
+        return real(m, r)
+
+    s._engine.process = counting  # type: ignore[method-assign]
+    run_stage(s, mic, far)
+    before = calls
+    _, frames = run_stage(s, noise, pause)
+    hold_hops = int(AecParams().silence_hold_ms * RATE / 1000) // HOP
+    assert calls - before <= hold_hops + 2, (calls - before, hold_hops)
+    assert not frames[-1].side[AEC_ACTIVE]
+    y, _ = run_stage(s, mic[:, : 2 * RATE], far[:, : 2 * RATE])
+    seg = slice(RATE // 2, y.shape[1])
+    assert db(mic[0, seg]) - db(y[0, seg]) >= MIN_ERLE_DB
+
+
 def test_non_finite_input_gives_finite_output() -> None:
     x = np.random.default_rng(4).uniform(-0.5, 0.5, (2, RATE)).astype(np.float32)
     x[0, 100:400] = np.nan

@@ -13,7 +13,8 @@ microphone channel (its own state), each fed the reference (all reference channe
 - **Silent reference = the input, bit for bit**: the APM is not a pass-through (it enforces a high-pass
   filter and shifts the phase), so while the reference has been exactly zero for ``silence_hold_ms``
   the stage outputs its input (delayed by the declared delay); entering or leaving that state
-  cross-fades over one hop. The APMs keep running meanwhile, so they stay converged.
+  cross-fades over one hop. Meanwhile the APMs are not run (no playback costs only the delay line);
+  they keep their state, so a converged echo path is still there when playback resumes.
 - Input is sanitised (non-finite values -> 0, magnitudes clipped) before the engine; the output is
   finite. ``reset()`` (a discontinuity, a reload) builds fresh APMs.
 - Side values: ``aec.active`` (the stage is cancelling) and ``aec.erle_db`` (smoothed input over output
@@ -145,6 +146,11 @@ class Aec(Stage[AecParams]):
             self._silent = min(self._silent + n, self._hold)
         active = self._silent < self._hold or (self._hold == 0 and ref.any())
         dry = self._delayed(x)
+        if not active and not self._active:
+            # no playback: the engines are not run at all (the cost of this path is the delay line), and
+            # they keep their converged echo paths for when playback resumes
+            self._p_in = self._p_out = 0.0
+            return frame.with_samples(dry, **{AEC_ACTIVE: False, AEC_ERLE_DB: 0.0})
         wet = self._engine.process(x, ref)
         if active and self._active:
             y = wet
