@@ -25,6 +25,7 @@ Dtype = Literal["bool", "float", "float32", "complex64"]
 
 __all__ = [
     "AEC_ACTIVE",
+    "AEC_DELAY_MS",
     "AEC_ERLE_DB",
     "AEC_REFERENCE",
     "AGC_GAIN_DB",
@@ -189,6 +190,10 @@ AEC_ERLE_DB = declare(
     "aec.erle_db", dtype="float", unit="dB", wire=True, watched=True, provider="aec",
     description="the echo canceller's echo return loss enhancement as the stage measures it: smoothed "
                 "input over output power of its first channel while the reference is active (0 otherwise)")
+AEC_DELAY_MS = declare(
+    "aec.delay_ms", dtype="float", unit="ms", wire=True, watched=True, provider="aec (engine speex)",
+    description="the estimated delay of the echo behind the playback reference (0 until the first estimate); "
+                "the reference is delayed by it, less a margin, before the echo canceller")
 AEC_ACTIVE = declare(
     "aec.active", dtype="bool", wire=True, provider="aec",
     description="playback present: the reference was not silent within the stage's silence_hold_ms (the "

@@ -1,38 +1,51 @@
 """``aec``: acoustic echo cancellation of the playback reference, per microphone channel.
 
-Chain entry: ``- {stage: aec}`` before the beamformer; the capture must declare its loopback channels
-(``capture.reference_channels: [6, 7]``), which reach the stage as the side value ``aec.reference``.
+Chain entry: ``- {stage: aec, engine: speex}`` before the beamformer; the capture must declare its
+loopback channels (``capture.reference_channels: [6, 7]``), which reach the stage as the side value
+``aec.reference``. docs/echo.md has the measurements behind the engines and their defaults.
 
-The engine is WebRTC's AEC3 inside its audio processing module (APM), as ``livekit`` ships it
-(``pip install 'voxd[aec]'``; a missing package is a config error naming the extra). One APM per
-microphone channel (its own state), each fed the reference (all reference channels) and its channel, in
-10 ms int16 frames. docs/echo.md has the measurements behind the choice and the numbers below.
+Engines (``engine:``):
 
-- **Delay**: the APM's output lags its input by a constant (128 samples at 16 kHz); the stage declares
-  it (:attr:`Aec.delay_samples`) and the chain removes it.
-- **Silent reference = the input, bit for bit**: the APM is not a pass-through (it enforces a high-pass
-  filter and shifts the phase), so while the reference has been exactly zero for ``silence_hold_ms``
-  the stage outputs its input (delayed by the declared delay); entering or leaving that state
-  cross-fades over one hop. Meanwhile the APMs are not run (no playback costs only the delay line);
-  they keep their state, so a converged echo path is still there when playback resumes.
+- ``speex`` (default): SpeexDSP's adaptive echo canceller (MDF) and residual-echo suppressor, from the
+  system's ``libspeexdsp.so.1`` (``apt install libspeexdsp1``; :mod:`voxd_aec.speex`). The delay of the
+  echo behind the reference is estimated (:mod:`voxd_aec.delay`, GCC-PHAT) and the reference delayed to
+  match, less ``margin_ms``, so the filter (``tail_ms``) need only span the room's echo; an estimate
+  outside the first half of the filter's span re-aligns and restarts the filter. ``suppress: false``
+  keeps only the linear filter (no suppressor: the near end untouched, more residual echo).
+- ``aec3``: WebRTC's AEC3 inside its audio processing module, as ``livekit`` ships it (``pip install
+  'voxd[aec]'``): more echo removed and faster re-convergence, but its suppressor (not configurable
+  through the binding) also removes most of a user who talks over the playback.
+
+A missing engine (library or package) is a config error naming what to install. Common behaviour:
+
+- **Delay**: each engine's output lags its input by a constant (:attr:`Aec.delay_samples`: AEC3 128
+  samples at 16 kHz; speex one hop with the suppressor, 0 without); the chain removes it.
+- **Silent reference = the input, bit for bit**: neither engine is a pass-through, so while the
+  reference has been exactly zero for ``silence_hold_ms`` the stage outputs its input (delayed by the
+  declared delay); entering or leaving that state cross-fades over one hop. Meanwhile the engine is
+  not run (no playback costs only the delay line); it keeps its state, so a converged echo path is
+  still there when playback resumes.
 - Input is sanitised (non-finite values -> 0, magnitudes clipped) before the engine; the output is
-  finite. ``reset()`` (a discontinuity, a reload) builds fresh APMs.
-- Side values: ``aec.active`` (the stage is cancelling) and ``aec.erle_db`` (smoothed input over output
-  power of channel 0 while active, the delay taken into account; 0 otherwise). The library exposes no
-  delay estimate or double-talk state.
+  finite. ``reset()`` (a discontinuity, a reload) builds a fresh engine.
+- Side values: ``aec.active`` (the stage is cancelling), ``aec.erle_db`` (smoothed input over output
+  power of channel 0 while active, the delay taken into account; 0 otherwise) and, engine speex,
+  ``aec.delay_ms`` (the estimated echo delay). Neither library exposes a double-talk state.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
 from voxd.frame import AudioFormat, Domain, Frame
-from voxd.side import AEC_ACTIVE, AEC_ERLE_DB, AEC_REFERENCE
+from voxd.side import AEC_ACTIVE, AEC_DELAY_MS, AEC_ERLE_DB, AEC_REFERENCE
 from voxd.stage import FormatError, Stage, StageContext, StageParams
+
+from . import speex
+from .delay import DelayEstimator
 
 PACKAGE, DIST, EXTRA = "livekit", "livekit", "aec"
 #: the APM's constant output delay in samples, by rate (measured: docs/echo.md)
@@ -45,18 +58,34 @@ ERLE_SMOOTH = 0.9  # per-hop forgetting factor of the ERLE's power averages
 class AecParams(StageParams):
     """Parameters of the ``aec`` stage."""
 
+    engine: Literal["speex", "aec3"] = Field("speex", description="speex (SpeexDSP, delay-aligned) or aec3 "
+                                                                   "(WebRTC AEC3 through livekit)")
     silence_hold_ms: float = Field(500.0, ge=0.0, le=10_000.0,
                                    description="the reference must have been exactly silent this long "
                                                "(longer than the room's echo tail) before the stage passes "
                                                "its input through unchanged")
     stream_delay_ms: int = Field(0, ge=0, le=500,
-                                 description="delay hint to AEC3 (ms) between the reference and its echo in "
-                                             "the microphones; 0 for loopback channels of the same capture")
+                                 description="engine aec3: delay hint (ms) between the reference and its "
+                                             "echo in the microphones; 0 for loopback channels of the same "
+                                             "capture")
+    tail_ms: float = Field(128.0, ge=10.0, le=1000.0,
+                           description="engine speex: the adaptive filter's length (ms), the echo tail after "
+                                       "the reference has been aligned")
+    suppress: bool = Field(True, description="engine speex: residual-echo suppressor after the linear filter")
+    max_delay_ms: float = Field(400.0, ge=0.0, le=500.0,
+                                description="engine speex: the longest reference-to-echo delay searched (ms)")
+    margin_ms: float = Field(3.0, ge=0.0, le=50.0,
+                             description="engine speex: the reference is aligned this much before the "
+                                         "estimated delay (ms), so the echo's onset stays inside the filter")
 
     @model_validator(mode="after")
     def _engine_installed(self) -> AecParams:
-        if importlib.util.find_spec(PACKAGE) is None:
-            raise ValueError(f"needs the package {DIST}, which is not installed: pip install 'voxd[{EXTRA}]'")
+        if self.engine == "aec3" and importlib.util.find_spec(PACKAGE) is None:
+            raise ValueError(f"engine aec3 needs the package {DIST}, which is not installed: "
+                             f"pip install 'voxd[{EXTRA}]'")
+        if self.engine == "speex" and not speex.available():
+            raise ValueError(f"engine speex needs SpeexDSP ({speex.LIBRARY}), which is not installed: "
+                             f"apt install {speex.DEBIAN_PACKAGE}")
         return self
 
 
@@ -64,15 +93,20 @@ def _i16(x: np.ndarray) -> bytes:
     return (np.clip(x, -CLIP, CLIP) * 32767.0).round().astype(np.int16).tobytes()
 
 
-class _Engine:
-    """One APM per microphone channel."""
+class _Aec3:
+    """One AEC3 APM per microphone channel (float32 in and out)."""
 
     def __init__(self, channels: int, rate: int, delay_ms: int) -> None:
         from livekit import rtc  # the extra: imported when a chain opens, never at registration
 
         self._rtc = rtc
         self.rate, self.hop, self.delay_ms = rate, rate // 100, delay_ms
+        self.delay_samples = APM_DELAY[rate]
+        self.delay_estimate: float | None = None
         self.apms = [rtc.AudioProcessingModule(echo_cancellation=True) for _ in range(channels)]
+
+    def resume(self) -> None:
+        """Playback starts again after a pause (nothing to do: AEC3 aligns itself)."""
 
     def process(self, mic: np.ndarray, ref: np.ndarray) -> np.ndarray:
         """``mic`` float32 ``(channels, n)``, ``ref`` ``(refs, n)``, ``n`` a multiple of 10 ms."""
@@ -88,6 +122,56 @@ class _Engine:
                 out[c, start:start + hop] = np.frombuffer(near.data, np.int16) / np.float32(32767.0)
         return out
 
+    def close(self) -> None:
+        self.apms = []
+
+
+class _Speex:
+    """SpeexDSP per microphone channel behind a reference delayed by the estimated echo delay."""
+
+    def __init__(self, channels: int, refs: int, rate: int, hop: int, p: AecParams) -> None:
+        self.rate, self.hop = rate, hop
+        self.max_lag = int(p.max_delay_ms * rate / 1000)
+        self.margin = round(p.margin_ms * rate / 1000)
+        # the estimator's block: a power of two above the longest lag (and at least 0.25 s)
+        block = 1 << max(int(0.25 * rate), self.max_lag + 1).bit_length()
+        self.est = DelayEstimator(block=block, max_lag=self.max_lag)
+        self.canceller = speex.SpeexCanceller(channels, refs, rate, hop, p.tail_ms, p.suppress)
+        self.delay_samples = self.canceller.delay_samples
+        self.shift = 0  # samples the reference is delayed by
+        self.span = self.canceller.taps  # samples the adaptive filter spans
+        self._line = np.zeros((refs, self.max_lag + hop), np.int16)  # the reference's recent past
+        self.delay_estimate: float | None = 0.0
+
+    def resume(self) -> None:
+        """Playback starts again after a pause: the reference's past is silence, not the old playback."""
+        self._line[:] = 0
+
+    def process(self, mic: np.ndarray, ref: np.ndarray) -> np.ndarray:
+        """``mic`` float32 ``(channels, n)``, ``ref`` ``(refs, n)``, ``n`` a multiple of the hop."""
+        hop, line = self.hop, self._line
+        out = np.empty(mic.shape, np.float32)
+        for start in range(0, mic.shape[1], hop):
+            r = ref[:, start:start + hop]
+            d = self.est.push(r[0], mic[0, start:start + hop])
+            if d is not None:
+                self.delay_estimate = d * 1000.0 / self.rate
+                # re-align only when the echo's onset has left the first half of the filter's span:
+                # every re-alignment restarts the filter, and peaks of a reverberant path wander
+                if d < self.shift or d - self.shift > self.span // 2:
+                    self.shift = max(0, d - self.margin)
+                    self.canceller.reset()
+            line[:, :-hop] = line[:, hop:]
+            line[:, -hop:] = np.clip(r, -CLIP, CLIP) * 32767.0
+            end = line.shape[1] - self.shift
+            m16 = (np.clip(mic[:, start:start + hop], -CLIP, CLIP) * 32767.0).round().astype(np.int16)
+            y = self.canceller.process(m16, line[:, end - hop:end])
+            out[:, start:start + hop] = y / np.float32(32767.0)
+        return out
+
+    def close(self) -> None:
+        self.canceller.close()
+
 
 class Aec(Stage[AecParams]):
     """Acoustic echo cancellation (see the module docstring)."""
@@ -95,7 +179,13 @@ class Aec(Stage[AecParams]):
     kind = "aec"
     domain = Domain.TIME
     requires = (AEC_REFERENCE,)
-    provides = (AEC_ACTIVE, AEC_ERLE_DB)
+    provides = (AEC_ACTIVE, AEC_ERLE_DB, AEC_DELAY_MS)
+
+    @classmethod
+    def provided_keys(cls, params: AecParams) -> tuple[str, ...]:
+        if params.engine == "speex":
+            return cls.provides
+        return (AEC_ACTIVE, AEC_ERLE_DB)
 
     def negotiate(self, fmt: AudioFormat) -> AudioFormat:
         if fmt.rate not in APM_DELAY:
@@ -106,20 +196,33 @@ class Aec(Stage[AecParams]):
 
     @property
     def delay_samples(self) -> int:
-        return APM_DELAY.get(self.input_format.rate, 0) if self._formats is not None else 0
+        if self._formats is None:
+            return 0
+        rate = self.input_format.rate
+        if self.params.engine == "aec3":
+            return APM_DELAY.get(rate, 0)
+        return rate // 100 if self.params.suppress else 0
 
     def open(self, ctx: StageContext) -> None:
         fmt = self.input_format
         self._hold = round(self.params.silence_hold_ms * fmt.rate / 1000)
-        self._engine: _Engine | None = None
-        self._shape = (fmt.channels, fmt.rate)
+        self._engine: _Aec3 | _Speex | None = None
+        self._refs = 0  # reference channels the engine was built for (0: not built yet)
         d = self.delay_samples
         self._line = np.zeros((fmt.channels, d + fmt.frame), np.float32)  # dry input, delayed by d
         self._ramp = ((np.arange(fmt.frame, dtype=np.float32) + 1) / fmt.frame)[None, :]
         self.reset()
 
+    def _build(self, refs: int) -> _Aec3 | _Speex:
+        fmt, p = self.input_format, self.params
+        if p.engine == "aec3":
+            return _Aec3(fmt.channels, fmt.rate, p.stream_delay_ms)
+        return _Speex(fmt.channels, refs, fmt.rate, fmt.rate // 100, p)
+
     def reset(self) -> None:
-        self._engine = _Engine(*self._shape, self.params.stream_delay_ms)
+        if self._engine is not None:
+            self._engine.close()
+        self._engine, self._refs = None, 0  # built with the first playback (its reference channel count)
         self._line[:] = 0.0
         self._silent = self._hold  # samples since the reference was last non-zero (capped)
         self._active = False
@@ -133,11 +236,11 @@ class Aec(Stage[AecParams]):
         return out
 
     def process(self, frame: Frame) -> Frame:
-        assert frame.samples is not None and self._engine is not None
+        assert frame.samples is not None
         x = _sanitise(frame.samples)
         ref = frame.side.get(AEC_REFERENCE)
         n = x.shape[1]
-        if not isinstance(ref, np.ndarray) or ref.ndim != 2 or ref.shape[1] != n:
+        if not isinstance(ref, np.ndarray) or ref.ndim != 2 or ref.shape[1] != n or ref.shape[0] < 1:
             ref = np.zeros((1, n), np.float32)
         ref = _sanitise(ref)
         if ref.any():
@@ -147,10 +250,16 @@ class Aec(Stage[AecParams]):
         active = self._silent < self._hold or (self._hold == 0 and ref.any())
         dry = self._delayed(x)
         if not active and not self._active:
-            # no playback: the engines are not run at all (the cost of this path is the delay line), and
-            # they keep their converged echo paths for when playback resumes
+            # no playback: the engine is not run at all (the cost of this path is the delay line), and it
+            # keeps its converged echo paths for when playback resumes
             self._p_in = self._p_out = 0.0
-            return frame.with_samples(dry, **{AEC_ACTIVE: False, AEC_ERLE_DB: 0.0})
+            return frame.with_samples(dry, **self._side(False, 0.0))
+        if self._engine is None or self._refs != ref.shape[0]:
+            if self._engine is not None:
+                self._engine.close()
+            self._engine, self._refs = self._build(ref.shape[0]), ref.shape[0]
+        elif active and not self._active:
+            self._engine.resume()
         wet = self._engine.process(x, ref)
         if active and self._active:
             y = wet
@@ -169,9 +278,18 @@ class Aec(Stage[AecParams]):
         else:
             self._p_in = self._p_out = 0.0
         self._active = active
-        return frame.with_samples(y, **{AEC_ACTIVE: active, AEC_ERLE_DB: round(erle, 2)})
+        return frame.with_samples(y, **self._side(active, round(erle, 2)))
+
+    def _side(self, active: bool, erle: float) -> dict[str, Any]:
+        side: dict[str, Any] = {AEC_ACTIVE: active, AEC_ERLE_DB: erle}
+        if self.params.engine == "speex":
+            est = self._engine.delay_estimate if self._engine is not None else None
+            side[AEC_DELAY_MS] = round(est or 0.0, 2)
+        return side
 
     def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
         self._engine = None
 
 
