@@ -8,8 +8,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 # Debian packages the project needs (installed only when missing; one list for every target).
-# systemd: systemd-analyze/systemd-sysusers for the unit tests; procps: /bin/kill, the unit's ExecReload.
-DEB_PACKAGES ?= libsndfile1 pulseaudio libasound2-plugins portaudio19-dev gcc python3-dev systemd procps
+# systemd: systemd-analyze/systemd-sysusers for the unit tests; procps: /bin/kill, the unit's ExecReload;
+# libspeexdsp1: the aec stage's default engine (loaded with ctypes).
+DEB_PACKAGES ?= libsndfile1 libspeexdsp1 pulseaudio libasound2-plugins portaudio19-dev gcc python3-dev systemd procps
 PIP_EXTRAS ?= test,metrics,plot,asr,dfn3,rnnoise,aec
 
 ENDPOINT ?= tcp://127.0.0.1:7700
