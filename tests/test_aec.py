@@ -353,3 +353,78 @@ def test_missing_speexdsp_is_one_config_line_naming_the_package(tmp_path: Path,
                         "  - stage: aec\n")
     (line,) = config_error(f)
     assert line.startswith(f"{f}:6: chain.0") and "apt install libspeexdsp1" in line, line
+
+
+# --- live capture: an 8-channel board (6 mics + the loopback pair) through a real PortAudio stream -------
+
+
+def test_live_8_channel_capture_carries_the_loopback_pair_bit_exact_to_the_stage(make_virtual_mic, free_port,
+                                                                                 tmp_path, outside_plugins):
+    """The ReSpeaker 6-mic HAT's layout: device channels 6 and 7 are the playback loopback. A ramp on
+    every channel; the outside plugin's ``reference_tap`` stage writes the ``aec.reference`` it
+    receives over its first two channels: the subscriber sees device channels 6, 7, 2, 3, 4, 5 bit for
+    bit (the daemon, PortAudio, ALSA and PulseAudio are real; tests/test_capture.py)."""
+    from tests.test_capture import Daemon, recorded, subscriber, write_config
+    from tests.virtual_mic import ramp_pattern, ramp_source
+
+    mic = make_virtual_mic(channels=8, rate=16000)
+    mic.start_feeding(ramp_source(8))
+    endpoint = f"tcp://127.0.0.1:{free_port}"
+    cfg = write_config(tmp_path / "c.yaml", endpoint,
+                       "{type: pyaudio, device: pulse, channels: 8, rate: 16000, reference_channels: [6, 7]}",
+                       chain="[{stage: reference_tap}]")
+    out = tmp_path / "sub"
+    sub = subscriber(endpoint, out, "--frames", "100")
+    daemon = Daemon(cfg, {**mic.env, **outside_plugins}, tmp_path)
+    try:
+        assert sub.wait(timeout=60) == 0
+        assert daemon.stop() == 0
+    finally:
+        sub.kill()
+        daemon.kill()
+    info, pcm = recorded(out)
+    assert info["channels"] == 6 and info["gaps"] == 0
+    start = int(np.flatnonzero(pcm[:, 2])[0])  # the stream may open on a little silence
+    device = ramp_pattern(len(pcm) - start, 8, int(pcm[start, 2]) - 2)  # what channels 0-7 carried
+    np.testing.assert_array_equal(pcm[start:], device[:, [6, 7, 2, 3, 4, 5]])
+    assert len(pcm) - start > 1800
+
+
+def test_live_capture_with_the_loopback_pair_removes_the_echo(make_virtual_mic, free_port, tmp_path):
+    """The same board playing speech: the six microphones hear it through a small loudspeaker and a
+    room (the echo scene above, each mic its own gain), the loopback pair carries what was played. The
+    daemon's ``aec`` (defaults) removes the echo from what it publishes."""
+    from tests.test_capture import Daemon, recorded, subscriber, write_config
+
+    mic_sig, far = echo_scene(6.0)
+    gains = np.array([1.0, 0.9, 0.8, 0.85, 0.95, 0.7])
+    mics = mic_sig[0][:, None] * gains[None, :]
+    board = np.concatenate([mics, far[0][:, None], far[0][:, None]], axis=1)
+    pcm_in = np.round(np.clip(board, -1, 1) * 32767).astype(np.int16)
+    vm = make_virtual_mic(channels=8, rate=16000)
+    endpoint = f"tcp://127.0.0.1:{free_port}"
+    cfg = write_config(tmp_path / "c.yaml", endpoint,
+                       "{type: pyaudio, device: pulse, channels: 8, rate: 16000, reference_channels: [6, 7]}",
+                       chain="[{stage: aec}]")
+    out = tmp_path / "sub"
+    n_frames = (len(pcm_in) // 320) - 5
+    sub = subscriber(endpoint, out, "--frames", str(n_frames))
+    daemon = Daemon(cfg, vm.env, tmp_path)
+    try:
+        daemon.wait_log("capture", timeout=30)
+        vm.start_feeding(pcm_in)
+        assert sub.wait(timeout=90) == 0
+        assert daemon.stop() == 0
+    finally:
+        sub.kill()
+        daemon.kill()
+        vm.stop_feeding()
+    info, pcm = recorded(out)
+    assert info["channels"] == 6 and info["gaps"] == 0
+    y = pcm.astype(np.float64) / 32767
+    start = int(np.flatnonzero(np.abs(y[:, 0]) > 1e-3)[0])  # where the feed began (the echo's onset)
+    seg = slice(start + 2 * RATE, min(len(y), start + 5 * RATE))
+    x = mics[: seg.stop - start]
+    for ch in range(6):
+        erle = db(x[2 * RATE:, ch]) - db(y[seg, ch])
+        assert erle >= MIN_ERLE_DB, (ch, erle)
