@@ -34,6 +34,20 @@ def test_bench_declared_latency_equals_the_measured_impulse_delay(chain, declare
     assert all(s["p99_us"] >= s["p50_us"] > 0 for s in report["stages"])
 
 
+@pytest.mark.parametrize("engine, declared", [("speex", 160), ("aec3", 128)])
+def test_bench_runs_a_capture_with_a_reference_channel(engine, declared, recording, tmp_path):
+    """The 4-channel recording's last channel as the playback reference: the chain gets 3 microphones,
+    the probe for the measured delay too (it used to get all 4 and the stage failed)."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"capture: {{type: file, path: {recording}, reference_channels: [3]}}\n"
+                   f"chain: [{{stage: aec, engine: {engine}}}]\n")
+    r = run_voxd("bench", "--config", str(cfg), "--seconds", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    assert "failed" not in r.stderr, r.stderr
+    report = json.loads(r.stdout)
+    assert report["delay_samples"] == declared == report["measured_delay_samples"]
+
+
 def test_bench_prints_a_table_for_an_example_config():
     r = run_voxd("bench", "--config", "config/examples/wiener.yaml", "--seconds", "1")
     assert r.returncode == 0, r.stderr

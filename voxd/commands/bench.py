@@ -63,10 +63,11 @@ def measure_delay(loaded: LoadedConfig, channels: int, seed: int = 1) -> int:
     """Measured algorithmic delay of the chain in samples at the chain rate.
 
     A fresh chain is driven hop by hop with :meth:`Chain.process` (no pipeline, so nothing removes the
-    delay) on ``PROBE_S`` of white noise, the same on every channel (a broadside source: beamformers and
-    down-mixes keep it). The delay is the lag in ``[0, MAX_LAG_S]`` of the largest cross-correlation
-    magnitude between the input and output channel 0: white noise makes the cross-correlation the
-    chain's impulse response, whose largest tap is at the delay for every shipped stage.
+    delay) on ``PROBE_S`` of white noise, the same on every microphone channel (a broadside source:
+    beamformers and down-mixes keep it; no playback reference, so an ``aec`` stage passes it through).
+    The delay is the lag in ``[0, MAX_LAG_S]`` of the largest cross-correlation magnitude between the
+    input and output channel 0: white noise makes the cross-correlation the chain's impulse response,
+    whose largest tap is at the delay for every shipped stage.
     """
     chain = _open(loaded, channels)
     rate, hop = chain.in_format.rate, chain.hop
@@ -74,7 +75,8 @@ def measure_delay(loaded: LoadedConfig, channels: int, seed: int = 1) -> int:
     rng = np.random.default_rng(seed)
     # 0.1 rms: well inside full scale, loud enough that gates and noise floors do not zero it
     mono = (0.1 * rng.standard_normal(n_hops * hop)).astype(np.float32)
-    x = np.ascontiguousarray(np.broadcast_to(mono, (channels, mono.size)))
+    # the chain's own channels: capture.reference_channels leave the capture before the chain
+    x = np.ascontiguousarray(np.broadcast_to(mono, (chain.in_format.channels, mono.size)))
     out = []
     try:
         for i in range(n_hops):
