@@ -195,6 +195,6 @@ AEC_DELAY_MS = declare(
     description="the estimated delay of the echo behind the playback reference (0 until the first estimate); "
                 "the reference is delayed by it, less a margin, before the echo canceller")
 AEC_ACTIVE = declare(
-    "aec.active", dtype="bool", wire=True, provider="aec",
+    "aec.active", dtype="bool", wire=True, watched=True, provider="aec",
     description="playback present: the reference was not silent within the stage's silence_hold_ms (the "
                 "stage cancels; otherwise it passes its input through)")
