@@ -73,6 +73,20 @@ def test_file_reference_beyond_the_file_channels_is_a_config_error(tmp_path: Pat
                                 "has 4 channels (0-3)"]
 
 
+def test_reference_device_channels_come_after_the_microphones(tmp_path: Path) -> None:
+    f = write(tmp_path, "capture:\n  type: pyaudio\n  channels: 4\n  reference_device: monitor\n"
+                        "  reference_device_channels: 2\n")
+    cap = load_config(f).config.capture
+    assert cap.out_channels == 6 and cap.reference_positions() == [4, 5]
+
+
+def test_reference_device_and_reference_channels_together_is_an_error(tmp_path: Path) -> None:
+    f = write(tmp_path, "capture:\n  type: pyaudio\n  channels: 8\n  reference_channels: [6, 7]\n"
+                        "  reference_device: monitor\n")
+    (line,) = config_error(f)
+    assert line.startswith(f"{f}:5: capture.reference_device") and "not both" in line, line
+
+
 def test_pyaudio_delivers_map_then_references(tmp_path: Path) -> None:
     f = write(tmp_path, "capture:\n  type: pyaudio\n  channels: 8\n  channel_map: [0, 1, 2, 3, 4, 5]\n"
                         "  reference_channels: [6, 7]\n")
@@ -151,12 +165,18 @@ def run_stage(s: Aec, mic: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, lis
     return y[:, d:], frames
 
 
-def echo_scene(seconds: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
+def echo_scene(seconds: float = 6.0, pace: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """``(mic (1, n), far (1, n))`` float32: speech through a small loudspeaker and a room. ``pace``: the
+    playback device's clock over the microphones' (1 + 300e-6: 300 ppm fast); the loudspeaker then plays
+    ``pace`` samples of ``far`` per microphone sample, and ``far`` is what that device's monitor gives."""
     import soundfile as sf
+    import soxr
     far, _ = sf.read(SPEECH, dtype="float32")
     far = far[: int(seconds * RATE)]
     far = far / np.sqrt(np.mean(far ** 2)) * 0.1
-    spk = np.tanh(3 * sosfilt(butter(4, [200, 6000], btype="band", fs=RATE, output="sos"), far)) / 3
+    played = far if pace == 1.0 else soxr.resample(far, RATE * pace, RATE, quality="VHQ")[: len(far)]
+    played = np.pad(played, (0, len(far) - len(played)))
+    spk = np.tanh(3 * sosfilt(butter(4, [200, 6000], btype="band", fs=RATE, output="sos"), played)) / 3
     rng = np.random.default_rng(0)
     n = int(0.3 * RATE)
     rir = rng.standard_normal(n) * np.exp(-6.9 * np.arange(n) / RATE / 0.25) * 0.3
@@ -428,3 +448,47 @@ def test_live_capture_with_the_loopback_pair_removes_the_echo(make_virtual_mic, 
     for ch in range(6):
         erle = db(x[2 * RATE:, ch]) - db(y[seg, ch])
         assert erle >= MIN_ERLE_DB, (ch, erle)
+
+
+def test_live_reference_from_a_separate_device_with_its_own_clock(make_virtual_mic, free_port, tmp_path):
+    """A Pi with a USB speaker: the microphones (4-channel device) and the playback reference (the
+    speaker's monitor: another device, ``capture.reference_device``) run on different clocks, the
+    speaker's 300 ppm fast (its echo in the microphones too), and the echo reaches the microphones 100 ms
+    after the reference (the playback device's buffer). The daemon measures the clock offset, brings the
+    reference onto the microphones' clock, and its ``aec`` removes the echo; ``stats`` report the offset."""
+    from tests.test_capture import Daemon, recorded, subscriber, write_config
+
+    mic_sig, far = echo_scene(10.0, pace=1 + 300e-6)
+    mics = mic_sig[0][:, None] * np.array([1.0, 0.9, 0.8, 0.85])[None, :]
+    pcm_mics = np.round(np.clip(mics, -1, 1) * 32767).astype(np.int16)
+    pcm_ref = np.round(np.clip(far[0], -1, 1) * 32767).astype(np.int16)[:, None]
+    vm = make_virtual_mic(channels=4, rate=16000, extra_sources={"voxdref": 1})
+    endpoint = f"tcp://127.0.0.1:{free_port}"
+    cfg = write_config(tmp_path / "c.yaml", endpoint,
+                       "{type: pyaudio, device: pulse, channels: 4, rate: 16000, reference_device: voxdref, "
+                       "reference_device_channels: 1}", chain="[{stage: aec}]")
+    out = tmp_path / "sub"
+    sub = subscriber(endpoint, out, "--frames", str(len(pcm_mics) // 320 - 20))
+    daemon = Daemon(cfg, vm.env, tmp_path)
+    try:
+        daemon.wait_log("playback reference from", timeout=30)
+        vm.feed_extra("voxdref", pcm_ref, clock=1 + 300e-6)
+        import time as _time
+        _time.sleep(0.1)
+        vm.start_feeding(pcm_mics)
+        assert sub.wait(timeout=90) == 0
+        assert daemon.stop() == 0
+    finally:
+        sub.kill()
+        daemon.kill()
+        vm.stop_feeding()
+    info, pcm = recorded(out)
+    assert info["channels"] == 4 and info["gaps"] == 0
+    y = pcm.astype(np.float64) / 32767
+    start = int(np.flatnonzero(np.abs(y[:, 0]) > 1e-3)[0])
+    seg = slice(start + 3 * RATE, min(len(y), start + 9 * RATE))
+    erle = db(mics[3 * RATE: seg.stop - start, 0]) - db(y[seg, 0])
+    drift = [s["reference_drift_ppm"] for s in info["stats"] if "reference_drift_ppm" in s]
+    delay = [s["aec.delay_ms"] for s in info["stats"] if "aec.delay_ms" in s]
+    assert erle >= MIN_ERLE_DB, (erle, drift, delay)
+    assert drift and abs(drift[-1] - 300) <= 100, drift

@@ -184,7 +184,7 @@ class VirtualMic:
     default_device_name: ClassVar[str] = "default"
 
     def __init__(self, workdir: Path, channels: int, rate: int = 16000, name: str = "voxdmic",
-                 *, start_timeout: float = 10.0) -> None:
+                 *, start_timeout: float = 10.0, extra_sources: dict[str, int] | None = None) -> None:
         self.workdir = Path(workdir).resolve()
         if not 1 <= rate <= _MAX_RATE:
             raise ValueError(f"rate must be 1..{_MAX_RATE} Hz (PulseAudio's limit), not {rate}")
@@ -195,6 +195,11 @@ class VirtualMic:
         #: see :func:`source_layout`); write() adds the spare (zero) channels.
         self.source_channels, self.channel_map = source_layout(channels)
         self.start_timeout = start_timeout
+        #: More pipe sources on the same server, name -> channels (e.g. a playback device's monitor): each
+        #: is also an ALSA PCM of that name (so PortAudio lists it as a device), fed with feed_extra().
+        self.extra_sources = dict(extra_sources or {})
+        self._extra_feeders: list[threading.Thread] = []
+        self._stop_extra = threading.Event()
         self.socket_path = self.workdir / "native"
         self.fifo_path = self.workdir / f"{name}.fifo"
         self.log_path = self.workdir / "pulseaudio.log"
@@ -268,9 +273,11 @@ class VirtualMic:
         # the source channels whose positions it asks for, copied, never a mix of the spare ones.
         (self.home / ".config" / "pulse" / "daemon.conf").write_text(
             "enable-remixing = no\nflat-volumes = no\nexit-idle-time = -1\n")
+        extra = "".join(f'pcm.{n} {{ type pulse; device "{n}"; hint {{ show on; description "{n}" }} }}\n'
+                        for n in self.extra_sources)
         (self.home / ".asoundrc").write_text(
             "# written by tests/virtual_mic.py: ALSA default is the private PulseAudio server\n"
-            "pcm.!default { type pulse }\nctl.!default { type pulse }\n")
+            "pcm.!default { type pulse }\nctl.!default { type pulse }\n" + extra)
 
     def _command(self) -> list[str]:
         # -L, not a -F script: the -L list stops at the first module that fails to load (a -F script
@@ -278,11 +285,17 @@ class VirtualMic:
         # the source exists; the only source (no sinks, so no monitors either), it is the default one.
         # Whatever --fail says, PulseAudio 16.1 keeps running after such a failure: start() watches the
         # log for it.
+        extra: list[str] = []
+        for n, ch in self.extra_sources.items():
+            padded, cmap = source_layout(ch)
+            extra += ["-L", f"module-pipe-source source_name={n} file={self.workdir / (n + '.fifo')} "
+                            f"format=s16le rate={self.rate} channels={padded} channel_map={cmap}"]
         return ["pulseaudio", "-n", "--daemonize=no", "--fail=yes", "--system=no", "--use-pid-file=no",
                 "--exit-idle-time=-1", "--disallow-exit", "--realtime=no", "--high-priority=no",
                 "--log-target=stderr", "--log-time=1",
                 "-L", f"module-pipe-source source_name={self.name} file={self.fifo_path} format=s16le "
                       f"rate={self.rate} channels={self.source_channels} channel_map={self.channel_map}",
+                *extra,
                 "-L", f"module-native-protocol-unix socket={self.socket_path} auth-anonymous=1"]
 
     # ----------------------------------------------------------------------------------- server
@@ -310,7 +323,8 @@ class VirtualMic:
         self._write_config()
         self._close_fd()
         # Left behind by a SIGKILLed server: the module refuses an existing FIFO path.
-        for stale in (self.fifo_path, self.socket_path):
+        extra_fifos = [self.workdir / f"{n}.fifo" for n in self.extra_sources]
+        for stale in (self.fifo_path, self.socket_path, *extra_fifos):
             stale.unlink(missing_ok=True)
         cmd = self._command()
         if self._finalizer is not None:
@@ -362,6 +376,10 @@ class VirtualMic:
 
         Raises RuntimeError afterwards if the feeder thread had failed.
         """
+        self._stop_extra.set()
+        for extra in self._extra_feeders:
+            extra.join(5.0)
+        self._extra_feeders = []
         try:
             self.stop_feeding()
         finally:
@@ -561,6 +579,42 @@ class VirtualMic:
             exc, self.feed_error = self.feed_error, None
             raise RuntimeError(f"virtual mic feeder failed: {exc!r}") from exc
 
+    def feed_extra(self, name: str, pcm: np.ndarray, clock: float = 1.0) -> None:
+        """Feed int16 ``(n, channels)`` to the extra source ``name`` from a thread, paced at ``rate *
+        clock`` samples per second of this machine's monotonic clock (``clock = 1 + 100e-6``: a device
+        whose clock runs 100 ppm fast), then silence until :meth:`stop` (independent of the main
+        source's feeder)."""
+        channels = self.extra_sources[name]
+        padded, _ = source_layout(channels)
+        data = np.pad(np.ascontiguousarray(pcm, "<i2"), ((0, 0), (0, padded - channels)))
+        block = self.rate // 100
+        path = self.workdir / f"{name}.fifo"
+
+        def run() -> None:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                t0, sent, pos = time.monotonic(), 0, 0
+                silence = np.zeros((block, padded), "<i2")
+                while not self._stop_extra.is_set():
+                    chunk = data[pos:pos + block] if pos < len(data) else silence
+                    pos += len(chunk)
+                    view = memoryview(chunk.tobytes())
+                    while view:
+                        view = view[os.write(fd, view):]
+                    sent += len(chunk)
+                    wait = t0 + sent / (self.rate * clock) - time.monotonic()
+                    if wait > 0:
+                        self._stop_extra.wait(wait)
+            except OSError:
+                return  # the server went away: the test sees it
+            finally:
+                os.close(fd)
+
+        self._stop_extra.clear()
+        thread = threading.Thread(target=run, name=f"virtual-source-{name}", daemon=True)
+        thread.start()
+        self._extra_feeders.append(thread)
+
     def wait_payload(self, timeout: float) -> bool:
         """Wait until the feeder has written the whole payload; False on timeout."""
         return self.payload_done.wait(timeout)
@@ -578,12 +632,12 @@ def virtual_mics(basedir: Path) -> Iterator[Callable[..., VirtualMic]]:
     mics: list[VirtualMic] = []
     short_dirs: list[str] = []
 
-    def make(channels: int = 4, rate: int = 16000, name: str = "voxdmic") -> VirtualMic:
+    def make(channels: int = 4, rate: int = 16000, name: str = "voxdmic", **kwargs: Any) -> VirtualMic:
         workdir = Path(basedir) / f"vmic{len(mics)}"
         if len(os.fsencode(workdir.resolve() / "native")) > _MAX_SOCKET_PATH:
             short_dirs.append(tempfile.mkdtemp(prefix="vmic"))
             workdir = Path(short_dirs[-1])
-        mic = VirtualMic(workdir, channels, rate, name)
+        mic = VirtualMic(workdir, channels, rate, name, **kwargs)
         mics.append(mic)
         return mic.start()
 

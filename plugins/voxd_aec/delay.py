@@ -7,7 +7,9 @@ reference can be delayed to match and the filter need only span the room's echo 
 
 Method: blocks of ``block`` samples (50 % overlap) of the reference and of microphone 0; their
 PHAT-weighted cross-spectrum (``M R* / |M R*|``) is averaged over blocks (forgetting factor
-``forget``); the lag of the largest value of its inverse FFT in ``[0, max_lag]`` is the candidate. A
+``forget``); in its inverse FFT over ``[0, max_lag]`` the candidate is the earliest peak that reaches
+half the largest within ``early_window`` samples before it (the direct path, which a strong reflection
+may outdo; 30 ms at 16 kHz: a room's path differences; a spike further back is noise). A
 candidate counts only when its peak stands ``min_peak`` times above the correlation's RMS (silence,
 tones and noise give none), and it becomes the estimate when two successive candidates agree within
 ``agree`` samples and it differs from the current estimate by more than ``agree`` (small wander is not
@@ -19,16 +21,20 @@ from __future__ import annotations
 
 import numpy as np
 
+EARLY_PEAK = 0.5  # a lag counts as the onset when its correlation is this fraction of the largest
+EARLY_SPAN = 16  # the onset is the local maximum within this many samples after the first such lag
+
 
 class DelayEstimator:
     """Streaming bulk-delay estimate (samples; the microphones lag the reference)."""
 
     def __init__(self, block: int = 8192, max_lag: int = 6400, forget: float = 0.6, min_peak: float = 6.0,
-                 agree: int = 16, min_rms: float = 1e-4) -> None:
+                 agree: int = 16, min_rms: float = 1e-4, early_window: int = 480) -> None:
         if max_lag >= block:
             raise ValueError(f"max_lag {max_lag} must be below the block {block}")
         self.block, self.max_lag, self.forget = block, max_lag, forget
         self.min_peak, self.agree, self.min_rms = min_peak, agree, min_rms
+        self.early_window = early_window
         self.nfft = 2 * block
         self._ref = np.zeros(block, np.float32)
         self._mic = np.zeros(block, np.float32)
@@ -79,8 +85,14 @@ class DelayEstimator:
             self._acc[:] = cross
             self._have_acc = True
         cc = np.fft.irfft(self._acc, self.nfft)[: self.max_lag + 1]
-        k = int(np.argmax(cc))
-        self.peak = float(cc[k] / (np.sqrt(np.mean(cc * cc)) + 1e-12))
+        top = int(np.argmax(cc))
+        # the echo's onset is the earliest strong peak, not the strongest: a reflection (or a loudspeaker
+        # resonance) can beat the direct path, and the filter must start before the direct path
+        lo = max(0, top - self.early_window)
+        early = lo + np.flatnonzero(cc[lo : top + 1] >= EARLY_PEAK * cc[top])
+        first = int(early[0]) if early.size else top
+        k = first + int(np.argmax(cc[first : min(top, first + EARLY_SPAN) + 1]))
+        self.peak = float(cc[top] / (np.sqrt(np.mean(cc * cc)) + 1e-12))
         if not np.isfinite(self.peak) or self.peak < self.min_peak:
             return
         agrees = self._cand is not None and abs(k - self._cand) <= self.agree

@@ -135,7 +135,7 @@ class _Speex:
         self.margin = round(p.margin_ms * rate / 1000)
         # the estimator's block: a power of two above the longest lag (and at least 0.25 s)
         block = 1 << max(int(0.25 * rate), self.max_lag + 1).bit_length()
-        self.est = DelayEstimator(block=block, max_lag=self.max_lag)
+        self.est = DelayEstimator(block=block, max_lag=self.max_lag, early_window=int(0.03 * rate))
         self.canceller = speex.SpeexCanceller(channels, refs, rate, hop, p.tail_ms, p.suppress)
         self.delay_samples = self.canceller.delay_samples
         self.shift = 0  # samples the reference is delayed by

@@ -137,6 +137,19 @@ class PyAudioCapture(Section):
         "reference (loopback) for the 'aec' stage, e.g. [6, 7] on a ReSpeaker 6-mic board: they leave the "
         "microphone channels and travel with each frame as the side value aec.reference."
     )
+    reference_device: str | Annotated[int, Field(ge=0, le=MAX_CHANNEL_INDEX)] | None = Field(
+        None, description="A second input device that carries the playback reference for the 'aec' stage "
+        "(e.g. an ALSA PCM on the sound server's monitor of the loudspeaker; name substring or index, see "
+        "`voxd devices`): its clock is not the microphones', so it is resampled onto theirs, the rate "
+        "offset measured. Needs the 'aec' extra. Instead of reference_channels."
+    )
+    reference_device_channels: int = Field(
+        1, ge=1, le=8, description="Channels to open on reference_device (all are references)."
+    )
+    reference_device_buffer_ms: FiniteFloat = Field(
+        20.0, ge=5, le=1000, description="Reference audio kept buffered between the two devices' callbacks "
+        "(ms): covers their jitter; a constant delay the echo canceller estimates."
+    )
     stall_timeout_ms: FiniteFloat = Field(
         2000.0, gt=0, le=60_000, description="No data for this long means the device is lost (a stalled "
         "device delivers nothing and raises nothing)."
@@ -176,13 +189,26 @@ class PyAudioCapture(Section):
             if self.channel_map is None and mics - len(self.reference_channels) < 1:
                 raise field_error("reference_channels", f"all {self.channels} channels are references: no "
                                   "microphone left")
+        if self.reference_device is not None:
+            if self.reference_channels is not None:
+                raise field_error("reference_device", "give the playback reference either as "
+                                  "reference_channels of the capture device or as a reference_device, "
+                                  "not both")
+            from voxd.sources.drift import resampler_class
+
+            try:
+                resampler_class()
+            except ImportError as exc:
+                raise field_error("reference_device", str(exc)) from None
         return self
 
     @property
     def out_channels(self) -> int:
-        """Channels the source delivers to the pipeline (after the channel map, references included)."""
+        """Channels the source delivers to the pipeline (after the channel map, references included: those
+        of the device, then those of ``reference_device``)."""
         refs = len(self.reference_channels) if self.channel_map is not None and self.reference_channels else 0
-        return (len(self.channel_map) + refs) if self.channel_map is not None else self.channels
+        mics = (len(self.channel_map) + refs) if self.channel_map is not None else self.channels
+        return mics + (self.reference_device_channels if self.reference_device is not None else 0)
 
     def device_channels(self) -> list[int] | None:
         """The device channels the source keeps, in delivery order (None: all, in device order): the
@@ -193,6 +219,9 @@ class PyAudioCapture(Section):
 
     def reference_positions(self) -> list[int]:
         """Indices of the reference channels in the blocks the source delivers ([] without any)."""
+        if self.reference_device is not None:  # appended after the device's channels
+            first = self.out_channels - self.reference_device_channels
+            return list(range(first, self.out_channels))
         refs = list(self.reference_channels or [])
         if self.channel_map is not None:
             return list(range(len(self.channel_map), len(self.channel_map) + len(refs)))

@@ -121,16 +121,17 @@ def table(devices: list[InputDevice]) -> str:
     return "\n".join(lines + (["* default input device"] if any(d.is_default for d in devices) else []))
 
 
-def find_device(pa: Any, wanted: str | int | None) -> InputDevice:
+def find_device(pa: Any, wanted: str | int | None, what: str = "capture.device") -> InputDevice:
     """Resolve ``capture.device`` (name substring, index, or None for the default) to an input device.
 
-    Raises :class:`VoxdError` (exit 69) naming the available input devices when nothing matches.
+    Raises :class:`VoxdError` (exit 69) naming the available input devices when nothing matches; ``what``
+    is the config key the message names.
     """
     devices = input_devices(pa)
     if wanted is None:
         found = [d for d in devices if d.is_default]
         if not found:
-            raise VoxdError(f"capture.device: no default input device; {describe(devices)}", EX_UNAVAILABLE)
+            raise VoxdError(f"{what}: no default input device; {describe(devices)}", EX_UNAVAILABLE)
         return found[0]
     if isinstance(wanted, int):
         found = [d for d in devices if d.index == wanted]
@@ -138,6 +139,6 @@ def find_device(pa: Any, wanted: str | int | None) -> InputDevice:
         exact = [d for d in devices if d.name.lower() == wanted.lower()]
         found = exact or [d for d in devices if wanted.lower() in d.name.lower()]
     if not found:
-        raise VoxdError(f"capture.device: no input device matches {wanted!r}; {describe(devices)}",
+        raise VoxdError(f"{what}: no input device matches {wanted!r}; {describe(devices)}",
                         EX_UNAVAILABLE)
     return found[0]

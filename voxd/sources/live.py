@@ -12,6 +12,14 @@ nothing and raises nothing) means the device is lost. The source then closes the
 PortAudio (it never rescans devices otherwise) and retries — re-initialising PortAudio each time — with
 exponential backoff capped at ``retry_max_s``. It reports ``device_lost`` and, once audio flows again,
 ``device_restored``; the first block after the return is flagged ``DISCONTINUITY`` so the chain resets.
+
+Reference device (``capture.reference_device``): a second input stream on the same PortAudio, opened,
+started and closed with the microphones' stream, at their rate. Its callback queues buffers the same
+way; :meth:`LiveSource.read` moves them into a :class:`~voxd.sources.drift.DriftCompensator`, which
+resamples them onto the microphones' clock, and appends as many reference samples as the block has
+microphone samples (its channels come last: ``capture.reference_positions()``). A reference stream that
+dies is reported once (``reference_lost``) and the reference is silence from then on (the ``aec`` stage
+then passes its input through) until the microphones' device is reopened.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from voxd.errors import EX_UNAVAILABLE, VoxdError
 from voxd.frame import Flags
 from voxd.sources.base import Block, Source
 from voxd.sources.devices import InputDevice, describe, find_device, import_pyaudio, input_devices, quiet_alsa
+from voxd.sources.drift import DriftCompensator
 
 log = logging.getLogger("voxd.capture")
 
@@ -62,6 +71,12 @@ class LiveSource(Source):
         self._last_overrun_event = 0.0
         self._t0 = 0.0  # wall time of sample 0 of the current clock anchor
         self._n = 0  # samples delivered since the anchor
+        # the reference device (capture.reference_device), if any
+        self._ref_stream: Any = None
+        self._ref_queue: queue.Queue[tuple[bytes, float]] = queue.Queue()
+        self._ref_lost = False
+        self._drift: DriftCompensator | None = None
+        self._ref_overruns = 0
 
     # -- start-up ---------------------------------------------------------------------------------
 
@@ -78,7 +93,9 @@ class LiveSource(Source):
             raise
 
     def start(self) -> None:
-        """Start the stream: from now on the callback queues buffers."""
+        """Start the stream(s): from now on the callbacks queue buffers."""
+        if self._ref_stream is not None:
+            self._ref_stream.start_stream()
         self._stream.start_stream()
         self._last_data = time.monotonic()
 
@@ -120,6 +137,66 @@ class LiveSource(Source):
         self._last_data = time.monotonic()
         log.info("capturing from '%s': %d ch at %d Hz, %d-sample buffers", device.name, self.cfg.channels,
                  self.rate, block)
+        if self.cfg.reference_device is not None:
+            self._open_reference(block, start)
+
+    def _open_reference(self, block: int, start: bool) -> None:
+        cfg = self.cfg
+        device = find_device(self._pa, cfg.reference_device, what="capture.reference_device")
+        self._ref_queue = queue.Queue(maxsize=max(2, round(cfg.queue_ms / cfg.block_ms)))
+        try:
+            self._ref_stream = self._pa.open(format=self._pyaudio.paInt16,
+                                             channels=cfg.reference_device_channels, rate=self.rate,
+                                             input=True, input_device_index=device.index,
+                                             frames_per_buffer=block, stream_callback=self._ref_callback,
+                                             start=start)
+        except (OSError, ValueError) as exc:
+            raise VoxdError(f"capture.reference_device: cannot open '{device.name}' "
+                            f"({cfg.reference_device_channels} ch, {self.rate} Hz): {exc}",
+                            EX_UNAVAILABLE) from None
+        if self._drift is None:
+            self._drift = DriftCompensator(cfg.reference_device_channels, self.rate,
+                                           cfg.reference_device_buffer_ms)
+        else:
+            self._drift.reset()  # the drift estimate is kept: the same two clocks
+        self._ref_lost = False
+        log.info("playback reference from '%s': %d ch at %d Hz, onto the microphones' clock", device.name,
+                 cfg.reference_device_channels, self.rate)
+
+    def _ref_callback(self, in_data: bytes | None, frame_count: int, time_info: Any,
+                      status: int) -> tuple[None, int]:
+        if in_data is not None:
+            try:
+                self._ref_queue.put_nowait((in_data, time.time()))
+            except queue.Full:
+                self._ref_overruns += 1
+        return (None, self._pyaudio.paContinue)
+
+    def _reference_for(self, n: int, t: float) -> np.ndarray:
+        """``(reference_device_channels, n)`` float32 for a block of ``n`` microphone samples delivered at
+        ``t`` (wall clock s, as the reference's buffers are stamped)."""
+        drift = self._drift
+        assert drift is not None
+        while True:
+            try:
+                data, t_ref = self._ref_queue.get_nowait()
+            except queue.Empty:
+                break
+            pcm = np.frombuffer(data, dtype="<i2").reshape(-1, self.cfg.reference_device_channels)
+            drift.put(np.ascontiguousarray(pcm.T, dtype=np.float32) * np.float32(1 / 32768), t_ref)
+        if not self._ref_lost and self._ref_stream is not None:
+            try:
+                alive = bool(self._ref_stream.is_active())
+            except OSError:
+                alive = False
+            if not alive:
+                self._ref_lost = True
+                self._events.append(("reference_lost", {"device": str(self.cfg.reference_device)}))
+                log.warning("playback reference device '%s' lost: the reference is silence until the "
+                            "capture device is reopened", self.cfg.reference_device)
+        if self._ref_lost:
+            return np.zeros((self.cfg.reference_device_channels, n), np.float32)
+        return drift.take(n, t)
 
     # -- the PortAudio callback (its own thread: copy, count, return) -------------------------------
 
@@ -155,6 +232,9 @@ class LiveSource(Source):
         pcm = np.frombuffer(data, dtype="<i2").reshape(-1, self.cfg.channels)
         x = pcm.T if self._map is None else pcm.T[self._map]
         samples = np.ascontiguousarray(x, dtype=np.float32) * np.float32(1 / 32768)
+        if self._drift is not None:
+            delivered = t_wall + samples.shape[1] / self.rate  # the callback's time (t_wall: block start)
+            samples = np.concatenate([samples, self._reference_for(samples.shape[1], delivered)], axis=0)
         flags = Flags.DISCONTINUITY if (flag or self._restoring) else Flags.NONE
         if self._restoring:
             self._restoring = self._down = False
@@ -236,9 +316,20 @@ class LiveSource(Source):
 
     @property
     def counters(self) -> dict[str, int]:
-        return {**self._counts, "queue_depth": self._queue.qsize()}
+        out = {**self._counts, "queue_depth": self._queue.qsize()}
+        if self._drift is not None:  # the reference device: its measured clock offset and buffer
+            out.update(reference_drift_ppm=round(self._drift.drift_ppm),
+                       reference_buffer_ms=round(self._drift.fill * 1000 / self.rate),
+                       reference_underruns=self._drift.underruns, reference_overruns=self._ref_overruns)
+        return out
 
     def _close_stream(self) -> None:
+        ref, self._ref_stream = self._ref_stream, None
+        if ref is not None:
+            try:
+                ref.close()
+            except OSError as exc:
+                log.debug("closing the reference stream: %s", exc)
         stream, self._stream = self._stream, None
         if stream is not None:
             try:
