@@ -17,8 +17,9 @@ another length, is cut or zero-padded to the microphones' length). Every chain r
   ``aec-aec3``: the same with engine aec3;
 - ``board``: the shipped chain of the item's board (``config/<geometry>.yaml``: its ``array`` and
   ``chain``, a ``select`` of the microphones dropped), with its ``aec`` stage wherever it is;
-- ``board-noaec``: the same without ``aec``; ``board-aec-last``: ``aec`` moved after the last stage
-  (one canceller on the beamformed channel instead of one per microphone).
+- ``board-noaec``: the same without ``aec``; ``board-aec-first`` / ``board-aec-last``: ``aec`` (the
+  board config's, else the stage's defaults) first (one canceller per microphone) or after the last
+  stage (one canceller on the beamformed channel).
 
 Figures (at the chain's output channel 0 against microphone 0; the pipeline removes the chain's delay,
 so output sample k is input sample k):
@@ -71,7 +72,8 @@ RATE = 16000
 SETTLE_S = 2.0  # ERLE on far-end-only spans after this (s): the canceller's convergence
 CHANGE_WINDOW_S = 1.0  # ERLE window after the echo-path change (s)
 ASR_PAD_S = 0.3  # the command's span is widened by this much each side before recognition (s)
-CHAINS = ("plain", "aec", "aec-linear", "aec-aec3", "board", "board-noaec", "board-aec-last")
+CHAINS = ("plain", "aec", "aec-linear", "aec-aec3", "board", "board-noaec", "board-aec-first",
+          "board-aec-last")
 #: the aec stage of the single-microphone chains
 AEC_VARIANTS = {"aec": {"stage": "aec"}, "aec-linear": {"stage": "aec", "engine": "speex", "suppress": False},
                 "aec-aec3": {"stage": "aec", "engine": "aec3"}}
@@ -103,6 +105,8 @@ def chain_stages(name: str, geometry: str) -> tuple[dict[str, Any], list[dict[st
         return array, chain
     if name == "board-noaec":
         return array, rest
+    if name == "board-aec-first":
+        return array, (aecs or [{"stage": "aec"}]) + rest
     if name == "board-aec-last":
         return array, rest + (aecs or [{"stage": "aec"}])
     raise ValueError(f"unknown chain {name!r} (expected one of {', '.join(CHAINS)})")
