@@ -18,7 +18,7 @@ def test_plugins_lists_outside_broken_and_builtin(voxd, outside_plugins):
     assert r.returncode == 0, r.stderr
     rows = {line.split()[0]: line for line in r.stdout.splitlines()[1:]}
     assert "1.2.3" in rows["extra"] and " ok " in rows["extra"]
-    assert rows["extra"].endswith("energy_gate, invert, needs_speech, sleep")
+    assert rows["extra"].endswith("energy_gate, invert, needs_speech, reference_tap, sleep")
     assert "failed: ModuleNotFoundError: No module named 'voxd_missing_dependency'" in rows["broken"]
     assert rows["basic"].endswith("gain, highpass, mix, passthrough_stft, select")
     # first-party plugins are listed like outside ones
@@ -44,8 +44,8 @@ def test_unknown_stage_names_the_failed_plugin(voxd, outside_plugins, recording,
     assert r.returncode == 78
     assert r.stderr.strip() == (
         f"{cfg}:3: chain.0.stage: unknown stage 'denoise_broken'; installed: energy_gate, gain, highpass, "
-        "invert, mix, needs_speech, passthrough_stft, select, sleep; plugins that failed to load: broken "
-        "(ModuleNotFoundError: No module named 'voxd_missing_dependency')"
+        "invert, mix, needs_speech, passthrough_stft, reference_tap, select, sleep; plugins that failed to "
+        "load: broken (ModuleNotFoundError: No module named 'voxd_missing_dependency')"
     )
 
 
