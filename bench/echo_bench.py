@@ -14,7 +14,8 @@ another length, is cut or zero-padded to the microphones' length). Every chain r
 - ``plain``: ``select [0] -> vad`` (mic 0, no echo cancellation);
 - ``aec``: ``aec -> select [0] -> vad`` (the stage's defaults: engine speex with its suppressor, one
   canceller per microphone; the mic-0 path); ``aec-linear``: the same without the suppressor;
-  ``aec-aec3``: the same with engine aec3;
+  ``aec-aec3``: the same with engine aec3; ``plain-silero``, ``aec-silero``: ``plain`` and ``aec`` with
+  the Silero VAD instead of WebRTC's;
 - ``board``: the shipped chain of the item's board (``config/<geometry>.yaml``: its ``array`` and
   ``chain``, a ``select`` of the microphones dropped), with its ``aec`` stage wherever it is;
 - ``board-noaec``: the same without ``aec``; ``board-aec-first`` / ``board-aec-last``: ``aec`` (the
@@ -28,8 +29,9 @@ so output sample k is input sample k):
   2 s (the near end is ~0 there; the input is echo + room noise). ``ceiling`` (dB): echo over room
   noise power in the same spans, what an echo canceller that leaves the noise alone can reach.
 - **ERLE after change** (dB): the same over the first 1 s after ``echo_path_change_s`` (pathchange items).
-- **self-trigger**: the share of items whose chain raised a ``speech_start`` inside a far-end-only span
-  (the device triggering on its own playback); ``after 2 s``: the same ignoring the first 2 s of the item.
+- **self-trigger**: the share of items where the chain's VAD reported speech (a segment from its
+  ``speech_start`` to its ``speech_end``) during a far-end-only span: the device triggering on its own
+  playback; ``after 2 s``: the same ignoring the first 2 s of the item.
 - **STOI** (0-1, pystoi, 16 kHz) over the item's ``doubletalk_segments`` (concatenated) against
   ``clean``; ``no-echo input``: the input less its echo (unprocessed); ``no playback``: the same chain
   run on the input less its echo with a silent reference (what the chain gives the user without
@@ -72,8 +74,8 @@ RATE = 16000
 SETTLE_S = 2.0  # ERLE on far-end-only spans after this (s): the canceller's convergence
 CHANGE_WINDOW_S = 1.0  # ERLE window after the echo-path change (s)
 ASR_PAD_S = 0.3  # the command's span is widened by this much each side before recognition (s)
-CHAINS = ("plain", "aec", "aec-linear", "aec-aec3", "board", "board-noaec", "board-aec-first",
-          "board-aec-last")
+CHAINS = ("plain", "aec", "aec-linear", "aec-aec3", "plain-silero", "aec-silero", "board", "board-noaec",
+          "board-aec-first", "board-aec-last")
 #: the aec stage of the single-microphone chains
 AEC_VARIANTS = {"aec": {"stage": "aec"}, "aec-linear": {"stage": "aec", "engine": "speex", "suppress": False},
                 "aec-aec3": {"stage": "aec", "engine": "aec3"}}
@@ -98,6 +100,10 @@ def chain_stages(name: str, geometry: str) -> tuple[dict[str, Any], list[dict[st
         return {}, [{"stage": "select", "channels": [0]}, {"stage": "vad", "channel": 0}]
     if name in AEC_VARIANTS:
         return {}, [AEC_VARIANTS[name], {"stage": "select", "channels": [0]}, {"stage": "vad", "channel": 0}]
+    if name in ("plain-silero", "aec-silero"):  # the same with the Silero VAD (what mono.yaml uses)
+        aec = [{"stage": "aec"}] if name == "aec-silero" else []
+        return {}, [*aec, {"stage": "select", "channels": [0]},
+                    {"stage": "vad", "channel": 0, "engine": "silero"}]
     array, chain = board_stages(geometry)
     aecs = [st for st in chain if st.get("stage") == "aec"]
     rest = [st for st in chain if st.get("stage") != "aec"]
@@ -151,13 +157,16 @@ def stoi_over(clean: np.ndarray, x: np.ndarray, mask: np.ndarray) -> float | Non
     return float(stoi(clean[mask], x[mask], RATE, extended=False))
 
 
-def triggers(events: list[dict[str, Any]], spans: list[list[float]], after_s: float = 0.0) -> int:
-    """How many ``speech_start`` events fall inside ``spans`` (s), at or after ``after_s``."""
+def triggers(events: list[dict[str, Any]], spans: list[list[float]], duration_s: float,
+             after_s: float = 0.0) -> int:
+    """How many of the VAD's speech segments (``speech_start`` .. ``speech_end``, as ``voxd process
+    --vad-out`` reports them) overlap ``spans`` (s) at or after ``after_s``: a segment that began just
+    before the playback (the VAD dates its start back by its pre-roll) and runs through it counts."""
+    from voxd.commands.process import speech_segments
+
     n = 0
-    for ev in events:
-        if ev["type"] == "speech_start":
-            t = ev["pts"] / RATE
-            n += any(a <= t < b for a, b in spans) and t >= after_s
+    for a, b in speech_segments(events, RATE, duration_s):
+        n += any(min(b, hi) > max(a, lo, after_s) for lo, hi in spans)
     return n
 
 
@@ -215,8 +224,8 @@ def run_item(d: Path, m: dict[str, Any], tmp: Path, chains: list[str],
         r: dict[str, Any] = {
             "erle_db": ratio_db(x0, y, fo), "erle_change_db": ratio_db(x0, y, ch),
             "stoi": stoi_over(clean, y, dt), "rtf": cpu / (n / RATE),
-            "self_trigger": triggers(events, m["farend_only_segments"]) > 0,
-            "self_trigger_after_settle": triggers(events, m["farend_only_segments"], SETTLE_S) > 0}
+            "self_trigger": triggers(events, m["farend_only_segments"], n / RATE) > 0,
+            "self_trigger_after_settle": triggers(events, m["farend_only_segments"], n / RATE, SETTLE_S) > 0}
         if cmd is not None:
             q, _, _ = run_chain(chain_config(wav_quiet, mics, name, m["geometry"]), wav_quiet, n)
             r["stoi_noplayback"] = stoi_over(clean, q, dt)

@@ -218,3 +218,21 @@ def test_sources_respect_the_reserved_list() -> None:
         echoset.check_sources([{"package": "ambience", "file": "x.ogg"}], reserved, set())
     with pytest.raises(SystemExit):
         echoset.check_sources([{"package": "p", "file": "/a/b.ogg"}], reserved, {("p", "a/b.ogg")})
+
+
+def test_the_echo_bench_measures_each_chain_on_an_item(tiny: Any, tmp_path: Path) -> None:
+    """bench/echo_bench.py on the tiny set (no recognizers): the plain chain removes nothing, the aec
+    chain removes the echo, per-condition figures and the self-trigger flags are filled in."""
+    pytest.importorskip("pystoi")
+    import echo_bench
+
+    out, _, meta, _ = tiny
+    by_cond = {m["condition"]: m for m in meta}
+    far = echo_bench.run_item(out, by_cond["farend"], tmp_path, ["plain", "aec"], {})
+    assert abs(far["plain"]["erle_db"]) < 1.0
+    assert far["aec"]["erle_db"] > far["plain"]["erle_db"] + 10.0
+    assert isinstance(far["aec"]["self_trigger"], bool)
+    dt = echo_bench.run_item(out, by_cond["doubletalk"], tmp_path, ["aec"], {})
+    assert 0.0 < dt["aec"]["stoi"] <= 1.0 and dt["aec"]["stoi_noplayback"] is not None
+    summary = echo_bench.summarise([far, dt], ["aec"], [])
+    assert summary["all"]["n"] == 2 and summary["farend"]["aec_erle_db"] == far["aec"]["erle_db"]
