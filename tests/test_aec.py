@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -378,31 +379,49 @@ def test_missing_speexdsp_is_one_config_line_naming_the_package(tmp_path: Path,
 # --- live capture: an 8-channel board (6 mics + the loopback pair) through a real PortAudio stream -------
 
 
+def live_run(cfg: Path, env: dict[str, str], tmp_path: Path, frames: int, wait_for: str,
+             start: Any) -> tuple[dict[str, Any], np.ndarray]:
+    """``voxd run`` on ``cfg`` with ``env`` and a subscriber for ``frames`` frames; ``start()`` (feeding the
+    virtual devices) runs once the daemon has logged ``wait_for``. Returns the subscriber's record and the
+    published samples int16 ``(n, channels)``."""
+    from tests.test_capture import Daemon, recorded, subscriber
+
+    endpoint = cfg.read_text().split("endpoints: ['")[1].split("'")[0]
+    out = tmp_path / "sub"
+    sub = subscriber(endpoint, out, "--frames", str(frames))
+    daemon = Daemon(cfg, env, tmp_path)
+    try:
+        daemon.wait_log(wait_for, timeout=30)
+        start()
+        assert sub.wait(timeout=90) == 0
+        assert daemon.stop() == 0
+    finally:
+        sub.kill()
+        daemon.kill()
+    return recorded(out)
+
+
+def onset(pcm: np.ndarray) -> tuple[np.ndarray, int]:
+    """The published samples as float and the first sample above -60 dBFS on channel 0 (the feed's start)."""
+    y = pcm.astype(np.float64) / 32767
+    return y, int(np.flatnonzero(np.abs(y[:, 0]) > 1e-3)[0])
+
+
 def test_live_8_channel_capture_carries_the_loopback_pair_bit_exact_to_the_stage(make_virtual_mic, free_port,
                                                                                  tmp_path, outside_plugins):
     """The ReSpeaker 6-mic HAT's layout: device channels 6 and 7 are the playback loopback. A ramp on
     every channel; the outside plugin's ``reference_tap`` stage writes the ``aec.reference`` it
     receives over its first two channels: the subscriber sees device channels 6, 7, 2, 3, 4, 5 bit for
     bit (the daemon, PortAudio, ALSA and PulseAudio are real; tests/test_capture.py)."""
-    from tests.test_capture import Daemon, recorded, subscriber, write_config
+    from tests.test_capture import write_config
     from tests.virtual_mic import ramp_pattern, ramp_source
 
     mic = make_virtual_mic(channels=8, rate=16000)
-    mic.start_feeding(ramp_source(8))
-    endpoint = f"tcp://127.0.0.1:{free_port}"
-    cfg = write_config(tmp_path / "c.yaml", endpoint,
+    cfg = write_config(tmp_path / "c.yaml", f"tcp://127.0.0.1:{free_port}",
                        "{type: pyaudio, device: pulse, channels: 8, rate: 16000, reference_channels: [6, 7]}",
                        chain="[{stage: reference_tap}]")
-    out = tmp_path / "sub"
-    sub = subscriber(endpoint, out, "--frames", "100")
-    daemon = Daemon(cfg, {**mic.env, **outside_plugins}, tmp_path)
-    try:
-        assert sub.wait(timeout=60) == 0
-        assert daemon.stop() == 0
-    finally:
-        sub.kill()
-        daemon.kill()
-    info, pcm = recorded(out)
+    info, pcm = live_run(cfg, {**mic.env, **outside_plugins}, tmp_path, 100, "capturing from",
+                         lambda: mic.start_feeding(ramp_source(8)))
     assert info["channels"] == 6 and info["gaps"] == 0
     start = int(np.flatnonzero(pcm[:, 2])[0])  # the stream may open on a little silence
     device = ramp_pattern(len(pcm) - start, 8, int(pcm[start, 2]) - 2)  # what channels 0-7 carried
@@ -414,7 +433,7 @@ def test_live_capture_with_the_loopback_pair_removes_the_echo(make_virtual_mic, 
     """The same board playing speech: the six microphones hear it through a small loudspeaker and a
     room (the echo scene above, each mic its own gain), the loopback pair carries what was played. The
     daemon's ``aec`` (defaults) removes the echo from what it publishes."""
-    from tests.test_capture import Daemon, recorded, subscriber, write_config
+    from tests.test_capture import write_config
 
     mic_sig, far = echo_scene(6.0)
     gains = np.array([1.0, 0.9, 0.8, 0.85, 0.95, 0.7])
@@ -422,27 +441,13 @@ def test_live_capture_with_the_loopback_pair_removes_the_echo(make_virtual_mic, 
     board = np.concatenate([mics, far[0][:, None], far[0][:, None]], axis=1)
     pcm_in = np.round(np.clip(board, -1, 1) * 32767).astype(np.int16)
     vm = make_virtual_mic(channels=8, rate=16000)
-    endpoint = f"tcp://127.0.0.1:{free_port}"
-    cfg = write_config(tmp_path / "c.yaml", endpoint,
+    cfg = write_config(tmp_path / "c.yaml", f"tcp://127.0.0.1:{free_port}",
                        "{type: pyaudio, device: pulse, channels: 8, rate: 16000, reference_channels: [6, 7]}",
                        chain="[{stage: aec}]")
-    out = tmp_path / "sub"
-    n_frames = (len(pcm_in) // 320) - 5
-    sub = subscriber(endpoint, out, "--frames", str(n_frames))
-    daemon = Daemon(cfg, vm.env, tmp_path)
-    try:
-        daemon.wait_log("capture", timeout=30)
-        vm.start_feeding(pcm_in)
-        assert sub.wait(timeout=90) == 0
-        assert daemon.stop() == 0
-    finally:
-        sub.kill()
-        daemon.kill()
-        vm.stop_feeding()
-    info, pcm = recorded(out)
+    info, pcm = live_run(cfg, vm.env, tmp_path, len(pcm_in) // 320 - 5, "capturing from",
+                         lambda: vm.start_feeding(pcm_in))
     assert info["channels"] == 6 and info["gaps"] == 0
-    y = pcm.astype(np.float64) / 32767
-    start = int(np.flatnonzero(np.abs(y[:, 0]) > 1e-3)[0])  # where the feed began (the echo's onset)
+    y, start = onset(pcm)  # where the feed began (the echo's onset)
     seg = slice(start + 2 * RATE, min(len(y), start + 5 * RATE))
     x = mics[: seg.stop - start]
     for ch in range(6):
@@ -456,38 +461,27 @@ def test_live_reference_from_a_separate_device_with_its_own_clock(make_virtual_m
     speaker's 300 ppm fast (its echo in the microphones too), and the echo reaches the microphones 100 ms
     after the reference (the playback device's buffer). The daemon measures the clock offset, brings the
     reference onto the microphones' clock, and its ``aec`` removes the echo; ``stats`` report the offset."""
-    from tests.test_capture import Daemon, recorded, subscriber, write_config
+    from tests.test_capture import write_config
 
     mic_sig, far = echo_scene(10.0, pace=1 + 300e-6)
     mics = mic_sig[0][:, None] * np.array([1.0, 0.9, 0.8, 0.85])[None, :]
     pcm_mics = np.round(np.clip(mics, -1, 1) * 32767).astype(np.int16)
     pcm_ref = np.round(np.clip(far[0], -1, 1) * 32767).astype(np.int16)[:, None]
     vm = make_virtual_mic(channels=4, rate=16000, extra_sources={"voxdref": 1})
-    endpoint = f"tcp://127.0.0.1:{free_port}"
-    cfg = write_config(tmp_path / "c.yaml", endpoint,
+    cfg = write_config(tmp_path / "c.yaml", f"tcp://127.0.0.1:{free_port}",
                        "{type: pyaudio, device: pulse, channels: 4, rate: 16000, reference_device: voxdref, "
                        "reference_device_channels: 1}", chain="[{stage: aec}]")
-    out = tmp_path / "sub"
-    sub = subscriber(endpoint, out, "--frames", str(len(pcm_mics) // 320 - 20))
-    daemon = Daemon(cfg, vm.env, tmp_path)
-    try:
-        daemon.wait_log("playback reference from", timeout=30)
+
+    def start() -> None:  # the reference first: the playback device's buffer delays the echo 100 ms
         vm.feed_extra("voxdref", pcm_ref, clock=1 + 300e-6)
-        import time as _time
-        _time.sleep(0.1)
+        time.sleep(0.1)
         vm.start_feeding(pcm_mics)
-        assert sub.wait(timeout=90) == 0
-        assert daemon.stop() == 0
-    finally:
-        sub.kill()
-        daemon.kill()
-        vm.stop_feeding()
-    info, pcm = recorded(out)
+
+    info, pcm = live_run(cfg, vm.env, tmp_path, len(pcm_mics) // 320 - 20, "playback reference from", start)
     assert info["channels"] == 4 and info["gaps"] == 0
-    y = pcm.astype(np.float64) / 32767
-    start = int(np.flatnonzero(np.abs(y[:, 0]) > 1e-3)[0])
-    seg = slice(start + 3 * RATE, min(len(y), start + 9 * RATE))
-    erle = db(mics[3 * RATE: seg.stop - start, 0]) - db(y[seg, 0])
+    y, start_at = onset(pcm)
+    seg = slice(start_at + 3 * RATE, min(len(y), start_at + 9 * RATE))
+    erle = db(mics[3 * RATE: seg.stop - start_at, 0]) - db(y[seg, 0])
     drift = [s["reference_drift_ppm"] for s in info["stats"] if "reference_drift_ppm" in s]
     delay = [s["aec.delay_ms"] for s in info["stats"] if "aec.delay_ms" in s]
     assert erle >= MIN_ERLE_DB, (erle, drift, delay)
