@@ -76,9 +76,12 @@ CHANGE_WINDOW_S = 1.0  # ERLE window after the echo-path change (s)
 ASR_PAD_S = 0.3  # the command's span is widened by this much each side before recognition (s)
 CHAINS = ("plain", "aec", "aec-linear", "aec-aec3", "plain-silero", "aec-silero", "board", "board-noaec",
           "board-aec-first", "board-aec-last")
-#: the aec stage of the single-microphone chains
-AEC_VARIANTS = {"aec": {"stage": "aec"}, "aec-linear": {"stage": "aec", "engine": "speex", "suppress": False},
-                "aec-aec3": {"stage": "aec", "engine": "aec3"}}
+#: the single-microphone chains: name -> (the aec stage or None, the VAD engine); then select [0] -> vad
+MIC0_CHAINS: dict[str, tuple[dict[str, Any] | None, str]] = {
+    "plain": (None, "webrtc"), "aec": ({"stage": "aec"}, "webrtc"),
+    "aec-linear": ({"stage": "aec", "engine": "speex", "suppress": False}, "webrtc"),
+    "aec-aec3": ({"stage": "aec", "engine": "aec3"}, "webrtc"),
+    "plain-silero": (None, "silero"), "aec-silero": ({"stage": "aec"}, "silero")}
 RECOGNIZERS = ("whisper", "pocketsphinx")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 EPS = 1e-20
@@ -96,14 +99,10 @@ def board_stages(geometry: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 def chain_stages(name: str, geometry: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(array section, chain) of the chain ``name`` (see the module docstring) for a board."""
-    if name == "plain":
-        return {}, [{"stage": "select", "channels": [0]}, {"stage": "vad", "channel": 0}]
-    if name in AEC_VARIANTS:
-        return {}, [AEC_VARIANTS[name], {"stage": "select", "channels": [0]}, {"stage": "vad", "channel": 0}]
-    if name in ("plain-silero", "aec-silero"):  # the same with the Silero VAD (what mono.yaml uses)
-        aec = [{"stage": "aec"}] if name == "aec-silero" else []
-        return {}, [*aec, {"stage": "select", "channels": [0]},
-                    {"stage": "vad", "channel": 0, "engine": "silero"}]
+    if name in MIC0_CHAINS:
+        aec, vad = MIC0_CHAINS[name]
+        return {}, [*([aec] if aec else []), {"stage": "select", "channels": [0]},
+                    {"stage": "vad", "channel": 0, "engine": vad}]
     array, chain = board_stages(geometry)
     aecs = [st for st in chain if st.get("stage") == "aec"]
     rest = [st for st in chain if st.get("stage") != "aec"]

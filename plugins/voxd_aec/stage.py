@@ -40,7 +40,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from voxd.frame import AudioFormat, Domain, Frame
+from voxd.delayline import DelayLine
+from voxd.frame import AudioFormat, Domain, Frame, finite_within, sanitized
 from voxd.side import AEC_ACTIVE, AEC_DELAY_MS, AEC_ERLE_DB, AEC_REFERENCE
 from voxd.stage import FormatError, Stage, StageContext, StageParams
 
@@ -52,6 +53,8 @@ PACKAGE, DIST, EXTRA = "livekit", "livekit", "aec"
 APM_DELAY = {8000: 88, 16000: 128, 32000: 260, 48000: 430}
 #: magnitudes are clipped here before the int16 conversion (full scale)
 CLIP = 1.0
+#: input values beyond this (40 dB over full scale) or not finite are garbage: they become 0
+LIMIT = 100.0
 ERLE_SMOOTH = 0.9  # per-hop forgetting factor of the ERLE's power averages
 
 
@@ -208,8 +211,7 @@ class Aec(Stage[AecParams]):
         self._hold = round(self.params.silence_hold_ms * fmt.rate / 1000)
         self._engine: _Aec3 | _Speex | None = None
         self._refs = 0  # reference channels the engine was built for (0: not built yet)
-        d = self.delay_samples
-        self._line = np.zeros((fmt.channels, d + fmt.frame), np.float32)  # dry input, delayed by d
+        self._dry = DelayLine(fmt.channels, self.delay_samples, fmt.frame)  # the input, as late as the engine
         self._ramp = ((np.arange(fmt.frame, dtype=np.float32) + 1) / fmt.frame)[None, :]
         self.reset()
 
@@ -223,17 +225,10 @@ class Aec(Stage[AecParams]):
         if self._engine is not None:
             self._engine.close()
         self._engine, self._refs = None, 0  # built with the first playback (its reference channel count)
-        self._line[:] = 0.0
+        self._dry.reset()
         self._silent = self._hold  # samples since the reference was last non-zero (capped)
         self._active = False
         self._p_in = self._p_out = 0.0
-
-    def _delayed(self, x: np.ndarray) -> np.ndarray:
-        line, n = self._line, x.shape[1]
-        line[:, -n:] = x
-        out = line[:, :n].copy()
-        line[:, :-n] = line[:, n:]
-        return out
 
     def process(self, frame: Frame) -> Frame:
         assert frame.samples is not None
@@ -243,12 +238,13 @@ class Aec(Stage[AecParams]):
         if not isinstance(ref, np.ndarray) or ref.ndim != 2 or ref.shape[1] != n or ref.shape[0] < 1:
             ref = np.zeros((1, n), np.float32)
         ref = _sanitise(ref)
-        if ref.any():
+        playing = bool(ref.any())
+        if playing:
             self._silent = 0
         else:
             self._silent = min(self._silent + n, self._hold)
-        active = self._silent < self._hold or (self._hold == 0 and ref.any())
-        dry = self._delayed(x)
+        active = self._silent < self._hold or (self._hold == 0 and playing)
+        dry = self._dry.push(x)
         if not active and not self._active:
             # no playback: the engine is not run at all (the cost of this path is the delay line), and it
             # keeps its converged echo paths for when playback resumes
@@ -293,12 +289,12 @@ class Aec(Stage[AecParams]):
         self._engine = None
 
 
-def _sanitise(x: np.ndarray) -> Any:
-    """``x`` as float32 with non-finite values set to 0 and magnitudes clipped at 100 (a copy only when
-    something had to change)."""
-    if x.dtype == np.float32 and np.isfinite(x).all() and np.abs(x).max(initial=0.0) <= 100.0:
-        return x
-    return np.clip(np.nan_to_num(x.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0), -100.0, 100.0)
+def _sanitise(x: np.ndarray) -> np.ndarray:
+    """``x`` as float32 with non-finite values and magnitudes over :data:`LIMIT` set to 0 (the core's
+    rule, :func:`voxd.frame.sanitized`; a copy only when something had to change; one dot product when
+    nothing does)."""
+    x = x if x.dtype == np.float32 else x.astype(np.float32)
+    return x if finite_within(x, LIMIT) else sanitized(x, LIMIT)[0]
 
 
 __all__ = ["APM_DELAY", "Aec", "AecParams"]

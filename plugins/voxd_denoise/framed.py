@@ -18,8 +18,8 @@ hop of ``(channels, hop)`` float32 samples in, one hop out, output lagging input
 
 Input is sanitised before it reaches a resampler or an engine (:func:`sanitise`: non-finite values
 become 0, magnitudes are clipped at :data:`CLIP`); an engine whose output is not finite restarts the
-runner and the output is silence until the restarted engines catch up. :class:`DelayLine` gives the
-dry input with the same delay (wet/dry mix, aligned bypass).
+runner and the output is silence until the restarted engines catch up. The core
+:class:`~voxd.delayline.DelayLine` gives the dry input with the same delay (wet/dry mix, aligned bypass).
 """
 
 from __future__ import annotations
@@ -110,25 +110,6 @@ def prefill_for(rate: int, hop: int, engine_rate: int, frame: int, kind: str = "
         shortfall = max(shortfall, j * hop - made)  # the FIFO must hold this much extra at the start
         surplus = max(surplus, made - (j - 1) * hop)  # what it holds before the hop is taken out
     return shortfall, shortfall + surplus
-
-
-class DelayLine:
-    """The input delayed by ``delay`` samples, hop by hop: the dry signal aligned with an engine's
-    output (for the wet/dry mix, and for a bypass that keeps the declared delay)."""
-
-    def __init__(self, channels: int, delay: int, hop: int) -> None:
-        self._line = np.zeros((channels, delay + hop), np.float32)
-
-    def push(self, x: np.ndarray) -> np.ndarray:
-        """Take ``x`` ``(channels, n)`` (``n`` <= hop); return the input of ``delay`` samples ago."""
-        line, n = self._line, x.shape[1]
-        line[:, -n:] = x
-        out = line[:, :n].copy()
-        line[:, :-n] = line[:, n:]
-        return out
-
-    def reset(self) -> None:
-        self._line[:] = 0.0
 
 
 class FramedRunner:

@@ -43,11 +43,12 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
+from voxd.delayline import DelayLine
 from voxd.frame import AudioFormat, Domain, Frame
 from voxd.side import DENOISE_GAIN
 from voxd.stage import EventSink, FormatError, Stage, StageContext, StageParams
 from voxd_denoise import dfn3, gtcrn, rnnoise
-from voxd_denoise.framed import DelayLine, FramedRunner, TimeEngine, runner_delay, sanitise
+from voxd_denoise.framed import FramedRunner, TimeEngine, runner_delay, sanitise
 from voxd_denoise.inhouse import BINS, N_FFT, RATE, InHouseModel
 from voxd_denoise.session import model_bytes, open_session
 
