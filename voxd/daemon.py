@@ -48,6 +48,7 @@ from voxd.config import LoadedConfig
 from voxd.config.background import BackgroundLoad
 from voxd.config.model import OutputConfig
 from voxd.errors import EX_SOFTWARE, ConfigError, VoxdError
+from voxd.logsetup import journal_priorities
 from voxd.notify import Notifier, WatchdogPinger
 from voxd.pipeline import OutFrame, Pipeline
 from voxd.publisher import Publisher
@@ -163,6 +164,7 @@ class Daemon:
 
     def run(self) -> int:
         """Run until the source ends or a stop signal; returns the exit status."""
+        journal_priorities()  # stderr is the journal (systemd): each line with its priority, <4> etc.
         state = self.prepare()
         worker = threading.Thread(target=self._work, args=(state,), name="voxd-worker", daemon=True)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
