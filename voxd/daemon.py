@@ -55,11 +55,20 @@ from voxd.publisher import Publisher
 from voxd.runtime import make_pipeline, open_chain, output_frame_samples
 from voxd.side import watched_names
 from voxd.sources import FileSource, Source
+from voxd.wyoming_out import WyomingServer
 
 log = logging.getLogger("voxd.daemon")
 
 READ_TIMEOUT_S = 0.1  # how long the worker waits for a block before checking for stop
 INPUT_EVENT_S = 1.0  # at most one 'input_invalid' event per this many seconds
+
+
+def _start_wyoming(out: OutputConfig) -> WyomingServer | None:
+    """The Wyoming mic service of ``out.wyoming``, serving (None without one); VoxdError 69 if it
+    cannot bind."""
+    if out.wyoming is None:
+        return None
+    return WyomingServer(out.wyoming.uri, out.wyoming.queue_ms, out.frame_ms).start()
 
 
 def make_source(loaded: LoadedConfig) -> Source:
@@ -101,7 +110,8 @@ class WorkerState:
 
     ``loaded``: the config in effect; ``source``: the capture source; ``chain``: the chain in effect
     (``pipe.chain`` once running); ``pipe``: the pipeline (None until the worker starts); ``pub``: the
-    publisher (created, used and closed on the worker thread only); ``chain_closed``: the chain was
+    publisher (created, used and closed on the worker thread only); ``wy``: the Wyoming mic service
+    (``output.wyoming``; fed and closed by the worker thread); ``chain_closed``: the chain was
     closed at the end of the stream; ``last_seq``: ``seq`` of the last published audio frame (-1:
     none); ``frames``: audio frames published; ``reloads``: reloads applied; ``ready_sent``: systemd
     was told READY (after the first frame); ``win_frames``/``win_speech``: published / speech frames
@@ -115,6 +125,7 @@ class WorkerState:
     chain: Chain
     pipe: Pipeline | None = None
     pub: Publisher | None = None
+    wy: WyomingServer | None = None
     chain_closed: bool = False
     last_seq: int = -1
     frames: int = 0
@@ -281,6 +292,12 @@ class Daemon:
         except Exception as exc:  # a stage that cannot open (a model that fails to load...)
             self._reload_failed(state, r, f"chain: cannot open: {type(exc).__name__}: {exc}")
             return
+        if new_cfg.output.wyoming != state.loaded.config.output.wyoming:
+            try:
+                state.wy = self._apply_wyoming(state, new_cfg.output)
+            except VoxdError as exc:
+                self._reload_failed(state, r, f"output.wyoming: {exc}")
+                return
         if "output" in r.changed:
             try:
                 state.pub = self._apply_output(state, state.pub, state.loaded.config.output, new_cfg.output)
@@ -344,10 +361,29 @@ class Daemon:
         log.info("publishing stream %s on %s", new_pub.stream, ", ".join(new.endpoints))
         return new_pub
 
+    def _apply_wyoming(self, state: WorkerState, new: OutputConfig) -> WyomingServer | None:
+        """Worker thread: a changed ``output.wyoming``: the old service closes (its clients get
+        ``audio-stop``), the new one binds. Raises :class:`VoxdError` with the old one serving again."""
+        old = state.loaded.config.output
+        if state.wy is not None:
+            state.wy.close()
+            state.wy = None
+        try:
+            return _start_wyoming(new)
+        except VoxdError:
+            try:
+                state.wy = _start_wyoming(old)
+            except VoxdError as again:
+                log.error("output.wyoming: the previous service cannot serve again: %s", again)
+            raise
+
     def _send_event(self, state: WorkerState, type: str, seq: int | None = None, **fields: Any) -> None:
-        """Worker thread: an event on the current publisher (stages' emit, through the reloads)."""
+        """Worker thread: an event on the current publisher (stages' emit, through the reloads) and its
+        Wyoming counterpart, if any."""
         if state.pub is not None and not state.pub.closed:
             state.pub.send_event(type, seq=seq, **fields)
+        if state.wy is not None:
+            state.wy.event(type, fields, state.loaded.config.processing.rate)
 
     def _status(self, state: WorkerState) -> str:
         """The one-line ``STATUS=`` summary for systemd."""
@@ -361,6 +397,7 @@ class Daemon:
         try:
             pub = state.pub = Publisher.from_config(out)
             log.info("publishing stream %s on %s", pub.stream, ", ".join(out.endpoints))
+            state.wy = _start_wyoming(out)
             if out.wait_for_subscriber_s > 0 and not pub.wait_for_subscriber(out.wait_for_subscriber_s):
                 log.info("no subscriber after %.1f s; starting anyway", out.wait_for_subscriber_s)
             open_chain(state.loaded, state.chain,
@@ -377,6 +414,8 @@ class Daemon:
             if not state.chain_closed:
                 state.chain.close()
             state.source.close()
+            if state.wy is not None:
+                state.wy.close()  # after the last frames and events: its clients get audio-stop
             if state.pub is not None:
                 state.pub.close()
 
@@ -401,6 +440,8 @@ class Daemon:
             pub.send_audio(f.samples, seq=f.seq, pts=f.pts, t=f.t, rate=rate, speech=f.speech, side=f.side,
                            topic=f.topic)
             if f.topic == "audio":
+                if state.wy is not None:
+                    state.wy.audio(f.samples, f.pts, rate)
                 state.frames += 1
                 state.last_seq = f.seq
                 state.win_frames += 1
@@ -450,10 +491,10 @@ class Daemon:
         pipe.chain.close()
         state.chain_closed = True
         if src.exhausted:
-            pub.send_event("end_of_stream", seq=state.last_seq, frames=state.frames)
+            self._send_event(state, "end_of_stream", seq=state.last_seq, frames=state.frames)
             log.info("end of stream after %d frames", state.frames)
         else:  # stopped by a signal: tell consumers this is a shutdown, not a lost connection
-            pub.send_event("stopping", seq=state.last_seq, frames=state.frames)
+            self._send_event(state, "stopping", seq=state.last_seq, frames=state.frames)
             log.info("stopped after %d frames", state.frames)
 
     def _input_invalid(self, state: WorkerState) -> None:

@@ -461,6 +461,38 @@ class CurveConfig(Section):
         return self._keys
 
 
+def _wyoming_uri(value: str, info: ValidationInfo) -> str:
+    from voxd.wyoming_out import parse_uri  # the one parser, shared with the server
+
+    try:
+        parse_uri(value)
+    except ValueError as exc:
+        raise custom_error(str(exc)) from None
+    if value.startswith("tcp://") and not info.data.get("allow_network", True) \
+            and not security.is_local_endpoint(value):
+        raise custom_error(f"'{value}' is not a loopback address: Wyoming has no encryption or "
+                           "authentication, so serving the network needs an explicit allow_network: true")
+    return value
+
+
+class WyomingOutput(Section):
+    """The Wyoming mic service (``voxd/wyoming_out.py``): the processed stream for Home Assistant
+    satellites (``wyoming-satellite --mic-uri``) and other Wyoming clients.
+
+    ``allow_network`` comes before ``uri`` on purpose: the URI's check needs it (as in OutputConfig).
+    """
+
+    allow_network: bool = Field(
+        False, description="Allow a tcp:// address other than loopback. Wyoming has no encryption and no "
+        "authentication: anyone who can reach the port hears the microphones.")
+    uri: Annotated[str, AfterValidator(_wyoming_uri)] = Field(
+        "tcp://127.0.0.1:10700", description="Where to serve: tcp://HOST:PORT (loopback unless "
+        "allow_network: true) or unix://PATH.")
+    queue_ms: FiniteFloat = Field(
+        2000.0, ge=20, le=60_000, description="Audio a client may fall behind (ms) before it is dropped; "
+        "a stalled client never slows the daemon.")
+
+
 class OutputConfig(Section):
     """The ZeroMQ publisher.
 
@@ -502,6 +534,9 @@ class OutputConfig(Section):
     wait_for_subscriber_s: FiniteFloat = Field(
         0.0, ge=0, le=3600, description="Wait up to this long for a first subscriber before starting (s)."
     )
+    wyoming: WyomingOutput | None = Field(
+        None, description="Also serve the processed stream as a Wyoming mic service (Home Assistant voice "
+        "satellites); e.g. {uri: 'tcp://127.0.0.1:10700'}.")
 
     @property
     def insecure_endpoints(self) -> list[str]:
