@@ -6,6 +6,8 @@ the service and sees it active only after audio flows (READY), reloads it (the c
 gap, still ``active``), stalls the worker of a second instance (the fixture plugin's ``sleep`` stage)
 and sees the watchdog kill and restart it, stops it within 2 s, and checks that a bad config leaves a
 third instance ``failed`` (exit 78) without restarts.
+A fourth test (issue 19) gives the manager a private journald and checks with ``journalctl -p warning``
+that the service's warnings and errors reach the journal at priorities 4 and 3.
 
 How the manager is contained (this must never leak into the machine):
 
@@ -21,12 +23,20 @@ How the manager is contained (this must never leak into the machine):
   ``$XDG_RUNTIME_DIR`` (under ``tmp_path``, not ``/run/user``, which ProtectHome= hides), and a pty on
   ``/dev/console`` for the manager's log. All gone with the namespace when the manager exits;
   ``systemctl`` runs in it through ``nsenter``.
+- journal: there is none in the namespace (services log to files, ``StandardOutput=append:``) unless a
+  test calls ``start_journal``: a ``systemd-journald`` for a namespace of its own (``voxdtest``: its own
+  config file, written to the namespace's ``/run/systemd``; no kernel log), socket-activated on
+  ``/run/systemd/journal/stdout``, where the manager connects ``StandardOutput=journal`` (given no socket,
+  journald would also open the audit netlink socket and set the kernel's audit state). It writes its
+  files to ``$LOGS_DIRECTORY`` under ``tmp_path``; tmpfs mounts hide ``/run/log`` and
+  ``/var/log/journal`` in the namespace all the same. It is the test process's child, and is stopped
+  (SIGTERM) before the cgroups are removed.
 - units: ``SYSTEMD_UNIT_PATH`` holds only the test's unit dir and the distribution's user units (for
   ``exit.target``), and the manager starts an empty target: the machine's enabled user units
   (pulseaudio, gpg-agent sockets...) stay out. XDG dirs are all under ``tmp_path``.
 
 Needs root, ``unshare``/``nsenter`` (util-linux) and ``systemd`` (``make test`` installs it). Takes about
-30 s: most of it is the stall instance's RestartSec=5 and two daemon start-ups.
+40 s: most of it is the stall instance's RestartSec=5 and the daemon start-ups; the journal test 4 s.
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 import voxd
 from tests.conftest import ROOT, make_recording
@@ -58,6 +69,8 @@ from voxd.errors import EX_CONFIG
 UNIT = ROOT / "systemd" / "voxd.service"
 
 SYSTEMD_CANDIDATES = (Path("/lib/systemd/systemd"), Path("/usr/lib/systemd/systemd"))
+JOURNALD_CANDIDATES = (Path("/lib/systemd/systemd-journald"), Path("/usr/lib/systemd/systemd-journald"))
+JOURNAL_NAMESPACE = "voxdtest"  # the private journald's: its own config file, no kernel log
 HOME_MASKED = (Path("/root"), Path("/home"), Path("/run/user"))  # what ProtectHome=yes hides
 TMP_PRIVATE = (Path("/tmp"), Path("/var/tmp"))  # what PrivateTmp=yes replaces
 CG_TRACKING = "name=systemd"  # the v1 hierarchy systemd tracks processes in (hybrid and legacy layouts)
@@ -230,6 +243,46 @@ mount --bind "$3" /dev/console
 exec "$1" --user --unit=voxd-test.target --log-target=console --log-level=info
 """
 
+JOURNALD_PY = """
+# Usage: python journald.py MANAGER_MNT_NS JOURNALD NAMESPACE CONF, run by nsenter in the manager's mount
+# namespace. Becomes a private systemd-journald whose stream socket is where the manager connects its
+# services' stdout/stderr (/run/systemd/journal/stdout, on the namespace's tmpfs), and whose journal files
+# are in $LOGS_DIRECTORY (the test's directory): nothing of the machine's journal is read or written.
+import os, socket, subprocess, sys
+ns, journald, namespace, conf = sys.argv[1:5]
+# only ever in the manager's namespace: everything below writes to /run/systemd and mounts
+assert os.stat("/proc/self/ns/mnt").st_ino == int(ns), "not in the manager's mount namespace"
+for d in ("/run/log", "/var/log/journal"):  # where a journald writes by default: hidden, in case
+    if os.path.isdir(d):
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", d], check=True)
+os.makedirs(os.environ["RUNTIME_DIRECTORY"])
+os.makedirs(f"/run/systemd/journald@{namespace}.conf.d")
+with open(f"/run/systemd/journald@{namespace}.conf.d/test.conf", "w") as f:
+    f.write(conf)
+# Socket activation (LISTEN_FDS): a journald given no socket would also open the kernel's audit netlink
+# socket and switch the machine's auditing on or off. It creates its other sockets itself.
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(os.path.join(os.environ["RUNTIME_DIRECTORY"], "stdout"))
+s.listen(4096)
+if s.fileno() != 3:
+    os.dup2(s.fileno(), 3)
+os.set_inheritable(3, True)  # dup2 onto itself would leave FD_CLOEXEC set
+os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()))
+os.execv(journald, [journald, namespace])
+"""
+
+# Storage=persistent: straight to $LOGS_DIRECTORY (a namespace instance needs no flush); no forwarding
+JOURNALD_CONF = """[Journal]
+Storage=persistent
+SystemMaxUse=32M
+SystemMaxFileSize=8M
+ReadKMsg=no
+ForwardToSyslog=no
+ForwardToKMsg=no
+ForwardToConsole=no
+ForwardToWall=no
+"""
+
 
 class UserManager:
     """A ``systemd --user`` manager in its own cgroup and mount namespace, all files under ``root``."""
@@ -245,6 +298,8 @@ class UserManager:
         self._console = self._console_tty = -1
         self._pump = threading.Thread()
         self.manager_log = root / "manager.log"
+        self.journald: subprocess.Popen[bytes] | None = None
+        self.journal = root / "journal"
 
     def env(self) -> dict[str, str]:
         # systemctl --user finds the manager at $XDG_RUNTIME_DIR/systemd/private; plain output
@@ -297,6 +352,39 @@ class UserManager:
         state = self.ctl("is-system-running", check=False).stdout.strip()
         assert state in ("running", "degraded"), f"manager: {state}\n{self.log()}"
 
+    def start_journal(self) -> None:
+        """A private ``systemd-journald`` for this manager's services (those with ``StandardOutput=journal``
+        / ``StandardError=journal``), started in the manager's mount namespace (JOURNALD_PY); its journal
+        is the directory :attr:`journal`, read with :meth:`journalctl`. The machine's journal (if it has
+        one) is never involved. Stopped by :meth:`stop`."""
+        assert self.proc is not None and self.journald is None
+        journald = next((p for p in JOURNALD_CANDIDATES if os.access(p, os.X_OK)), None)
+        assert journald, f"systemd-journald not found at {JOURNALD_CANDIDATES}"
+        assert shutil.which("journalctl"), "journalctl not found: install the Debian package 'systemd'"
+        self.journal.mkdir()
+        (self.root / "journald.py").write_text(JOURNALD_PY)
+        mnt = f"/proc/{self.proc.pid}/ns/mnt"
+        assert os.stat(mnt).st_ino != os.stat("/proc/self/ns/mnt").st_ino, "the manager has no namespace"
+        env = {"PATH": self.env()["PATH"], "RUNTIME_DIRECTORY": "/run/systemd/journal",
+               "LOGS_DIRECTORY": str(self.journal), "SYSTEMD_LOG_TARGET": "console", "LC_ALL": "C.UTF-8"}
+        with (self.root / "journald.log").open("ab") as log:
+            self.journald = subprocess.Popen(
+                ["nsenter", f"--mount={mnt}", "--", sys.executable, str(self.root / "journald.py"),
+                 str(os.stat(mnt).st_ino), str(journald), JOURNAL_NAMESPACE, JOURNALD_CONF],
+                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.root)
+        up = wait_for(lambda: self.journald is not None and (self.journald.poll() is not None or any(
+            self.journal.glob("*.journal"))), 20, 0.05)
+        assert up and self.journald.poll() is None, \
+            f"journald: {self.journald.poll()}\n{(self.root / 'journald.log').read_text(errors='replace')}"
+
+    def journalctl(self, *args: str) -> list[dict[str, str]]:
+        """``journalctl --directory=JOURNAL ARGS -o json``: the entries (text fields only)."""
+        r = subprocess.run(["journalctl", f"--directory={self.journal}", "--no-pager", "-o", "json", *args],
+                           env=self.env(), capture_output=True, text=True, timeout=30, check=False)
+        assert r.returncode == 0, r.stderr  # no entries: 0 too
+        entries = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+        return [{k: v for k, v in e.items() if isinstance(v, str)} for e in entries]
+
     def systemctl(self, *args: str) -> list[str]:
         # in the manager's mount namespace: systemctl checks /run/systemd/system too (else "offline")
         assert self.proc is not None
@@ -345,6 +433,14 @@ class UserManager:
                 problems.append("the manager did not exit within 15 s of `systemctl --user exit`: killed")
                 self.proc.kill()
                 self.proc.wait(timeout=5)
+        if self.journald is not None and self.journald.poll() is None:
+            self.journald.terminate()  # journald closes its files and exits; the namespace goes with it
+            try:
+                self.journald.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                problems.append("the private journald did not exit within 10 s of SIGTERM: killed")
+                self.journald.kill()
+                self.journald.wait(timeout=5)
         left = self.cgroup.remove()
         if left:
             problems.append(f"cgroups left behind: {left}")
@@ -370,7 +466,7 @@ def service_dropin(config: Path, log: Path, readable: set[Path], extra: str = ""
         "User=", "Group=", "SupplementaryGroups=",
         "# This environment's voxd (make install links /usr/bin/voxd) and the test's config.",
         "ExecStart=", f"ExecStart={voxd_bin} run --config {config}",
-        "# No journal in the private namespace: stdout/stderr to a file the test reads.",
+        "# No journald in the private namespace (unless a test starts one): to a file the test reads.",
         f"StandardOutput=append:{log}", f"StandardError=append:{log}",
     ]
     if home:
@@ -699,3 +795,68 @@ def test_a_failed_reload_keeps_the_service_and_a_failing_start_is_not_retried_fo
     print(f"\nthe failing unit ran {runs} times (NRestarts {first['NRestarts']}), then stayed failed")
     assert runs == burst, runs
     assert "Start request repeated too quickly" in mgr.log(), mgr.log()[-2000:]
+
+
+def test_journal_priorities_under_a_real_systemd(user_manager: UserManager, tmp_path: Path,
+                                                 free_port: int) -> None:
+    """Issue 19, journald priorities, with a real journald: a private ``systemd-journald``
+    (UserManager.start_journal) takes the service's stdout/stderr, as the system's takes a system
+    service's. The daemon logs a warning (it dropped samples: a NaN in the recording) and an error (a
+    reload to an invalid config, refused; the service runs on). ``journalctl -p warning`` finds the
+    warning at PRIORITY=4 and the error at 3 and none of the INFO lines, which are in the journal at 6:
+    journald read voxd's ``<N>`` prefixes (SyslogLevelPrefix=, on by default) and removed them.
+
+    The entries are selected by ``_PID=`` (the main PID) rather than ``-u``/``--user-unit``: journald
+    derives the unit from the cgroup path, and the manager's is the test's scratch cgroup, which is no
+    slice (``_SYSTEMD_CGROUP=/voxd-test-.../app.slice/voxd-journal.service``, no ``_SYSTEMD_UNIT``)."""
+    mgr = user_manager
+    mgr.start_journal()
+    files = tmp_path / "files"
+    files.mkdir()
+    rec = files / "nan.wav"
+    x = 0.1 * np.sin(2 * np.pi * 440 * np.arange(32000) / 16000)
+    x[8000] = np.nan  # one bad sample per pass of the (looped) recording: a warning every 2 s
+    sf.write(rec, np.stack([x, x], 1).astype(np.float32), 16000, subtype="FLOAT")
+    svc = Services(mgr, _readable_paths(files, mgr.runtime))
+    cfg = files / "voxd.yaml"
+    write_config(cfg, rec, free_port, CHAIN_0DB)
+    svc.install("voxd-journal", cfg, "# this instance logs to the test's private journald\n"
+                "StandardOutput=journal\nStandardError=journal\n")
+    t0 = time.monotonic()
+    mgr.ctl("start", "voxd-journal", timeout=30)
+    pid = mgr.show("voxd-journal", "MainPID")["MainPID"]
+
+    def journal(*args: str) -> list[dict[str, str]]:
+        return mgr.journalctl(f"_PID={pid}", "-t", "voxd", *args)
+
+    def logged(text: str) -> bool:
+        return any(e.get("MESSAGE", "").startswith(text) for e in journal())
+
+    assert wait_for(lambda: logged("WARNING voxd.daemon: input: 1 block with NaN"), 15, 0.2), journal()
+    cfg.write_text(cfg.read_text() + "  - {stage: no_such_stage}\n")
+    mgr.ctl("reload", "voxd-journal", timeout=15)
+    assert wait_for(lambda: logged("ERROR voxd.daemon: reload refused: "), 15, 0.2), journal()
+    assert mgr.show("voxd-journal", "ActiveState", "MainPID") == {"ActiveState": "active", "MainPID": pid}
+    mgr.ctl("stop", "voxd-journal", timeout=15)
+    took = time.monotonic() - t0
+    everything, warning, err = journal(), journal("-p", "warning"), journal("-p", "err")
+    print(f"\nvoxd in the private journal ({took:.1f} s):\n" + "\n".join(
+        f"  PRIORITY={e.get('PRIORITY')} {e.get('MESSAGE')}" for e in everything))
+
+    def messages(entries: list[dict[str, str]], start: str) -> list[tuple[str, str]]:
+        return [(e["PRIORITY"], e["MESSAGE"]) for e in entries if e.get("MESSAGE", "").startswith(start)]
+
+    # every line at its level's priority, the prefix gone from the text
+    expected = {"INFO": "6", "WARNING": "4", "ERROR": "3"}
+    assert everything and all(e.get("PRIORITY") == expected.get(e.get("MESSAGE", "").split(" ")[0])
+                              for e in everything), everything
+    assert messages(everything, "INFO voxd.daemon: audio flowing")
+    assert messages(everything, "INFO voxd.daemon: SIGHUP: reloading")
+    assert not messages(everything, "<")
+    # -p warning: the warning (4) and the error (3), nothing of the INFO lines
+    assert {p for p, _ in messages(warning, "WARNING voxd.daemon: input: ")} == {"4"}, warning
+    assert {p for p, _ in messages(warning, "ERROR voxd.daemon: reload refused: ")} == {"3"}, warning
+    assert warning and all(int(e["PRIORITY"]) <= 4 for e in warning), warning
+    assert not messages(warning, "INFO"), warning
+    # -p err: the error alone
+    assert messages(err, "ERROR voxd.daemon: reload refused: ") and not messages(err, "WARNING"), err
