@@ -265,7 +265,7 @@ def test_unreadable_file(tmp_path: Path, plugins: Plugins) -> None:
 def test_defaults(tmp_path: Path, plugins: Plugins) -> None:
     cfg = load_config(write(tmp_path, "capture:\n  path: a.wav\n"), (), plugins).config
     c = cfg.capture
-    assert (c.type, c.path, c.realtime, c.loop) == ("file", "a.wav", True, False)
+    assert (c.type, c.path, c.realtime, c.loop) == ("file", str(tmp_path / "a.wav"), True, False)
     p = cfg.processing
     assert (p.rate, p.window_ms, p.hop_ms, p.window) == (16000, 20, 10, "sqrt-hann")
     assert (p.window_samples, p.hop_samples) == (320, 160)
@@ -277,6 +277,28 @@ def test_defaults(tmp_path: Path, plugins: Plugins) -> None:
     )
     assert cfg.log.level == "info"
     assert cfg.chain == []
+
+
+def test_a_relative_capture_path_is_relative_to_the_config_file(tmp_path: Path, plugins: Plugins,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    monkeypatch.chdir(tmp_path)
+    write(etc, "capture: {path: rec/a.wav}\n")
+    # the file's directory, as the file was named
+    assert load_config("etc/voxd.yaml", (), plugins).config.capture.path == "etc/rec/a.wav"
+    assert load_config(str(etc / "voxd.yaml"), (), plugins).config.capture.path == str(etc / "rec/a.wav")
+    write(etc, "capture: {path: /data/a.wav}\n")
+    assert load_config("etc/voxd.yaml", (), plugins).config.capture.path == "/data/a.wav"
+    # --set: relative to the working directory, where the shell that typed it is
+    for override in ("capture.path=b.wav", "capture={type: file, path: b.wav}"):
+        assert load_config("etc/voxd.yaml", (override,), plugins).config.capture.path == "b.wav"
+    # the loaded tree keeps what the file says (a reload compares configs, which resolve alike)
+    assert load_config("etc/voxd.yaml", (), plugins).raw["capture"]["path"] == "/data/a.wav"
+    # a config in the working directory: nothing to join
+    cwd = tmp_path / "cwd.yaml"
+    cwd.write_text("capture: {path: a.wav}\n")
+    assert load_config("cwd.yaml", (), plugins).config.capture.path == "a.wav"
 
 
 def test_good_file_resolves_names_and_params(plugins: Plugins) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +15,7 @@ from voxd.config.model import (
     CAPTURE_TYPES,
     SECTIONS,
     TOP_LEVEL_KEYS,
+    FileCapture,
     OutputConfig,
     ProcessingConfig,
     StageSpec,
@@ -106,12 +109,26 @@ def load_config_text(
     problems += [sources.problem(p, msg) for p, msg in issues]
     if problems or config is None:
         raise ConfigError([p.text for p in sorted(problems, key=lambda p: p.origin.rank)])
+    config = _capture_path_from(config, sources, os.path.dirname(filename))
     # The scratch keys served the YAML anchors; nothing reads them now. Dropped, with their lines, so
     # that a LoadedConfig stays small (a reload sends it between processes).
     for key in [k for k in tree if k.startswith(SCRATCH_PREFIX)]:
         del tree[key]
         sources.forget((key,))
     return LoadedConfig(config, filename, tree, sources)
+
+
+def _capture_path_from(config: VoxdConfig, sources: SourceMap, base: str) -> VoxdConfig:
+    """``config`` with a relative ``capture.path`` written in the file joined to ``base``, the file's
+    directory: a config means the same recording wherever it is run from (a unit's config in /etc/voxd
+    runs with the working directory /). A path given with ``--set`` stays relative to the working
+    directory, where the shell that typed it is; an absolute path is kept as it is."""
+    cap = config.capture
+    if not base or not isinstance(cap, FileCapture) or cap.path is None or os.path.isabs(cap.path):
+        return config
+    if not sources.origin(("capture", "path")).in_file:  # --set capture.path=... (or capture={...})
+        return config
+    return dataclasses.replace(config, capture=cap.model_copy(update={"path": os.path.join(base, cap.path)}))
 
 
 def _validate(tree: dict[str, Any], plugins: Plugins) -> tuple[VoxdConfig | None, list[Issue]]:

@@ -84,7 +84,9 @@ class FileCapture(Section):
 
     type: Literal["file"] = Field("file", description="Capture source type.")
     path: str | None = Field(
-        None, validate_default=True, description="Sound file to read (WAV, FLAC...); any channel count."
+        None, validate_default=True, description="Sound file to read (WAV, FLAC...); any channel count. A "
+        "relative path is relative to the config file's directory (given with --set: to the working "
+        "directory)."
     )
     realtime: bool = Field(True, description="Pace reading at the file's real-time rate.")
     loop: bool = Field(False, description="Start again at the end of the file instead of stopping.")

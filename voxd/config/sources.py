@@ -33,6 +33,11 @@ class Origin:
         """A 1-based line of ``filename``."""
         return cls((0, line), f"{filename}:{line}")
 
+    @property
+    def in_file(self) -> bool:
+        """True for a line of the config file, False for a ``--set`` override."""
+        return self.rank[0] == 0
+
     @classmethod
     def override(cls, arg: str, n: int) -> Origin:
         """The ``n``-th ``--set`` argument, ``arg`` being its ``PATH=VALUE`` text."""
