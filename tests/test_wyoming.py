@@ -28,6 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from wyoming.audio import AudioChunk
 from wyoming.client import AsyncClient
 from wyoming.event import Event
@@ -246,6 +248,8 @@ def test_describe_and_stream_events_in_order() -> None:
         assert chunk.timestamp == 20 * k
         assert chunk.audio == float_to_s16(_frame(320 * k)).astype("<i2").tobytes()
     assert events[4].data["timestamp"] == 25 and events[7].data["timestamp"] == 69
+    assert server.counters["chunks"] == 5 and server.counters["connections"] == 1
+    assert server.connected == 0  # the client disconnected
 
 
 def test_a_stalled_client_is_dropped_and_the_others_keep_up() -> None:
@@ -328,3 +332,33 @@ def test_the_network_needs_allow_network(tmp_path: Path, voxd) -> None:  # type:
                   extra=", allow_network: true")
     r = voxd("check", str(cfg))
     assert r.returncode == 0, r.stderr
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(garbage=st.one_of(
+    st.binary(max_size=2000),
+    # well-formed headers with hostile fields: negative or huge lengths, wrong types, unknown events
+    st.builds(lambda t, d, n: json.dumps({"type": t, "data_length": d, "payload_length": n}).encode() + b"\n",
+              st.sampled_from(["describe", "audio-chunk", "run-satellite", "x" * 300, ""]),
+              st.one_of(st.none(), st.integers(-5, 10**9), st.text(max_size=5)),
+              st.one_of(st.none(), st.integers(-5, 10**9)))))
+def test_fuzz_what_a_client_sends_never_stops_the_service(garbage: bytes) -> None:
+    server = _serve()
+    try:
+        async def client_side() -> int:
+            good = await _connect(server.bound)
+            _r, bad = await asyncio.open_connection("127.0.0.1", int(server.bound.rsplit(":", 1)[1]))
+            bad.write(garbage)
+            await bad.drain()
+            bad.close()
+            await asyncio.sleep(0.05)
+            for k in range(3):
+                server.audio(_frame(320 * k), 320 * k, RATE)
+            server.event("end_of_stream", {}, RATE)
+            events = await _read_until(good, "audio-stop", timeout_s=5.0)
+            await good.disconnect()
+            return sum(e.type == "audio-chunk" for e in events)
+
+        assert asyncio.run(client_side()) == 3
+    finally:
+        server.close()

@@ -529,6 +529,8 @@ class Daemon:
             if summary is not None:
                 summaries[node.name] = summary
         extra: dict[str, Any] = {"stage_stats": summaries} if summaries else {}
+        if state.wy is not None:  # the Wyoming mic service: clients now, ever, dropped for stalling
+            extra["wyoming"] = {"clients": state.wy.connected, **state.wy.counters}
         # the latest values of the side values declared watched (direction, gain, level...), if present
         watched = watched_names()
         extra.update({k: v for k, v in state.last_side.items() if k in watched})

@@ -27,6 +27,7 @@ loopback by default (``tcp://127.0.0.1:10700``); another address needs ``allow_n
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -114,8 +115,13 @@ class WyomingServer:
         self._n_clients = 0  # read by the producer thread without the loop: a plain int is enough
         self._announce: Announce | None = None  # the format of the current stream (None: none yet)
         self._last_ms = 0  # timestamp of the last chunk (ms): a late client's audio-start
-        self.counters = {"clients": 0, "dropped_clients": 0, "chunks": 0}
+        self.counters = {"connections": 0, "dropped_clients": 0, "chunks": 0}  #: since start
         self.bound = ""  #: the address actually bound (the port filled in for tcp://HOST:0)
+
+    @property
+    def connected(self) -> int:
+        """Clients connected now."""
+        return self._n_clients
 
     # ---------------------------------------------------------------------------- producer side
     def start(self) -> WyomingServer:
@@ -137,7 +143,11 @@ class WyomingServer:
         self._thread = threading.Thread(target=main, name="voxd-wyoming", daemon=True)
         self._thread.start()
         if not done.wait(START_TIMEOUT_S) or "error" in ready:
-            self.close()
+            if "error" in ready:  # the loop is ending by itself
+                self._thread.join(STOP_TIMEOUT_S)
+                self._thread = None
+            else:
+                self.close()
             why = ready.get("error", "timed out")
             raise VoxdError(f"output.wyoming: cannot serve {self.uri}: {why}", EX_UNAVAILABLE)
         log.info("serving Wyoming on %s", self.bound)
@@ -167,7 +177,8 @@ class WyomingServer:
         """Send ``audio-stop`` to every client, close them and the socket, end the thread (idempotent)."""
         loop, thread = self._loop, self._thread
         if loop is not None and thread is not None and thread.is_alive():
-            with contextlib.suppress(RuntimeError):  # the loop may have just ended
+            # the loop may end meanwhile (RuntimeError, cancelled) or hang (timeout): close regardless
+            with contextlib.suppress(RuntimeError, concurrent.futures.CancelledError, TimeoutError):
                 asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(STOP_TIMEOUT_S)
         if thread is not None:
             thread.join(STOP_TIMEOUT_S)
@@ -224,7 +235,7 @@ class WyomingServer:
         client = _Client(writer, self.depth, str(peer))
         self._clients.add(client)
         self._n_clients = len(self._clients)
-        self.counters["clients"] += 1
+        self.counters["connections"] += 1
         log.info("wyoming: client %s connected (%d now)", client.name, self._n_clients)
         if self._announce is not None:
             self._put(client, self._start_event(self._announce, self._last_ms))
