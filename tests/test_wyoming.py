@@ -324,11 +324,11 @@ def test_a_busy_port_is_a_clear_error(tmp_path: Path, voxd) -> None:  # type: ig
 
 def test_the_network_needs_allow_network(tmp_path: Path, voxd) -> None:  # type: ignore[no-untyped-def]
     demo = ROOT / "demo" / "respeaker4-kitchen.flac"
-    cfg = _config(tmp_path, "tcp://127.0.0.1:7700", "tcp://0.0.0.0:10700", demo)
+    cfg = _config(tmp_path, "tcp://127.0.0.1:7700", "tcp://0.0.0.0:10600", demo)
     r = voxd("check", str(cfg))
     assert r.returncode == 78
     assert "output.wyoming.uri" in r.stderr and "allow_network: true" in r.stderr
-    cfg = _config(tmp_path, "tcp://127.0.0.1:7700", "tcp://0.0.0.0:10700", demo,
+    cfg = _config(tmp_path, "tcp://127.0.0.1:7700", "tcp://0.0.0.0:10600", demo,
                   extra=", allow_network: true")
     r = voxd("check", str(cfg))
     assert r.returncode == 0, r.stderr

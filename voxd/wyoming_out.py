@@ -2,7 +2,7 @@
 
 Wyoming (the ``wyoming`` package; JSON-line events with binary payloads over TCP or a Unix socket) is
 how Home Assistant's voice pipeline talks to its satellites: ``wyoming-satellite --mic-uri
-tcp://127.0.0.1:10700`` takes its microphone from any service that sends ``audio-chunk`` events. With
+tcp://127.0.0.1:10600`` takes its microphone from any service that sends ``audio-chunk`` events. With
 ``output.wyoming`` in the config, ``voxd run`` is such a service, beside its ZeroMQ output:
 
 - on connect a client gets ``audio-start`` (the chain's rate, width 2 = s16le, its output channels),
@@ -20,7 +20,8 @@ waits for it: every client has a bounded queue (``queue_ms`` of audio), and a cl
 far behind (it stopped reading, its network stalled) is dropped with a warning. It may connect again.
 
 Exposure: Wyoming has neither encryption nor authentication, so like the ZeroMQ output it binds
-loopback by default (``tcp://127.0.0.1:10700``); another address needs ``allow_network: true``
+loopback by default (``tcp://127.0.0.1:10600``, the port Wyoming's mic services use; the satellite
+itself serves Home Assistant on 10700); another address needs ``allow_network: true``
 (validated in :mod:`voxd.config.model`).
 """
 
@@ -74,7 +75,7 @@ def parse_uri(uri: str) -> tuple[str, str, int]:
         except ValueError:
             port = None
         if not u.hostname or port is None:
-            raise ValueError(f"'{uri}' needs a host and a port, e.g. tcp://127.0.0.1:10700")
+            raise ValueError(f"'{uri}' needs a host and a port, e.g. tcp://127.0.0.1:10600")
         return "tcp", u.hostname, port
     if u.scheme == "unix":
         path = u.netloc + u.path

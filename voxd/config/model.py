@@ -488,7 +488,7 @@ class WyomingOutput(Section):
         False, description="Allow a tcp:// address other than loopback. Wyoming has no encryption and no "
         "authentication: anyone who can reach the port hears the microphones.")
     uri: Annotated[str, AfterValidator(_wyoming_uri)] = Field(
-        "tcp://127.0.0.1:10700", description="Where to serve: tcp://HOST:PORT (loopback unless "
+        "tcp://127.0.0.1:10600", description="Where to serve: tcp://HOST:PORT (loopback unless "
         "allow_network: true) or unix://PATH.")
     queue_ms: FiniteFloat = Field(
         2000.0, ge=20, le=60_000, description="Audio a client may fall behind (ms) before it is dropped; "
@@ -538,7 +538,7 @@ class OutputConfig(Section):
     )
     wyoming: WyomingOutput | None = Field(
         None, description="Also serve the processed stream as a Wyoming mic service (Home Assistant voice "
-        "satellites); e.g. {uri: 'tcp://127.0.0.1:10700'}.")
+        "satellites); e.g. {uri: 'tcp://127.0.0.1:10600'}.")
 
     @property
     def insecure_endpoints(self) -> list[str]:
