@@ -19,7 +19,7 @@ needs_dev = pytest.mark.skipif(not floors.dev_set_present(), reason="shared dev 
 @pytest.mark.parametrize("config", sorted(floors.FLOORS))
 def test_shipped_config_meets_its_floors_and_cpu_budgets(config):
     floor = floors.FLOORS[config]
-    got = floors.measure(floors.ROOT / config, floor.items)
+    got = floors.measure(floors.ROOT / config, floor.items, floors.CHANNELS.get(config))
     print(f"{config}: {got}")
     assert floors.failures(floor, got) == []
 

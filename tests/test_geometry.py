@@ -38,6 +38,7 @@ EXPECTED = {
     "respeaker-4mic-hat": (0.0405, [180, 90, 0, 270]),
     "respeaker-usb-4mic": (0.032, [180, 270, 0, 90]),
     "respeaker-6mic": (0.0463, [120, 180, 240, 300, 0, 60]),
+    "respeaker-2mic-hat": (0.029, [180, 0]),  # not in the benchmark: Seeed's 58 mm (voxd/geometry.py)
 }
 
 
@@ -146,6 +147,12 @@ def test_preset_positions_refuses_bad_arguments() -> None:
         preset_positions("respeaker-6mic", spacing=0.05)
 
 
+def test_the_2mic_hat_is_a_58mm_line_with_channel_0_on_the_left() -> None:
+    p = preset_positions("respeaker-2mic-hat")
+    np.testing.assert_array_equal(p, [[-0.029, 0, 0], [0.029, 0, 0]])
+    assert max_delay_s(p) == pytest.approx(0.058 / 343.0)
+
+
 def test_max_delay_of_the_4mic_hat_is_its_diameter() -> None:
     assert max_delay_s(preset_positions("respeaker-4mic-hat")) == pytest.approx(0.081 / 343.0)
     assert max_delay_s(np.zeros((1, 3))) == 0.0
@@ -184,11 +191,11 @@ def test_explicit_positions_win_over_the_preset(plugins: Plugins) -> None:
 def test_unknown_preset(plugins: Plugins) -> None:
     assert errors("array:\n  preset: respeaker-4mic\n", plugins) == [
         "v.yaml:3: array.preset: unknown preset 'respeaker-4mic' (did you mean 'respeaker-4mic-hat'?); "
-        "known presets: linear, respeaker-4mic-hat, respeaker-6mic, respeaker-usb-4mic"
+        "known presets: linear, respeaker-2mic-hat, respeaker-4mic-hat, respeaker-6mic, respeaker-usb-4mic"
     ]
     assert errors("", plugins, ("array.preset=ring",)) == [
         "--set array.preset=ring: array.preset: unknown preset 'ring'; "
-        "known presets: linear, respeaker-4mic-hat, respeaker-6mic, respeaker-usb-4mic"
+        "known presets: linear, respeaker-2mic-hat, respeaker-4mic-hat, respeaker-6mic, respeaker-usb-4mic"
     ]
 
 

@@ -7,7 +7,8 @@ the microphone of chain channel *i* (as the channels reach the stage that uses t
 
 The circular presets' channel order and angles match the shared benchmark's metadata
 (``mic_positions`` in ``bench/dev/array/meta.jsonl``); their coordinates are rounded to 10 µm, the
-precision of that metadata (and far below the boards' mechanical tolerance).
+precision of that metadata (and far below the boards' mechanical tolerance). The benchmark has no
+2-mic HAT: its preset's source is given where it is defined.
 """
 
 from __future__ import annotations
@@ -55,6 +56,15 @@ PRESETS: dict[str, Preset] = {
                0.032, (180.0, 270.0, 0.0, 90.0)),
         Preset("respeaker-6mic", "ReSpeaker 6-Mic Circular Array HAT: 6 mics on a 46.3 mm radius circle",
                0.0463, (120.0, 180.0, 240.0, 300.0, 0.0, 60.0)),
+        # Two mics on the board's left and right edges (wiki.seeedstudio.com/ReSpeaker_2_Mics_Pi_HAT:
+        # "MIC_L and MIC_R: 2 microphones on both sides of the board"), 58 mm apart: MIC_DISTANCE = 0.058
+        # in voice_engine/doa_respeaker_2mic_hat.py of github.com/voice-engine/voice-engine (written for
+        # Seeed's ReSpeaker boards), whose 4-mic HAT figure (doa_respeaker_4mic_array.py: 0.081 between
+        # opposite mics) matches the respeaker-4mic-hat preset's 2 x 40.5 mm. As a "circle" of radius 29 mm
+        # with mics at 180 and 0 deg it is the line x = -29, +29 mm; channel 0 (the codec's left, by the
+        # names MIC_L) at -x. A swapped pair only mirrors doa_deg (az -> 180 - az).
+        Preset("respeaker-2mic-hat", "ReSpeaker 2-Mics Pi HAT: 2 mics 58 mm apart on x (channel 0 at -x, "
+               "the board's left)", 0.029, (180.0, 0.0)),
         Preset(LINEAR, "count mics along x, spacing metres apart, centred, channel 0 at the most negative x"),
     )
 }
