@@ -2,10 +2,12 @@
 
 Expected errors print one line each (config errors: ``file:line: path: message``) and exit with a
 documented status: 2 bad usage (argparse), 64 bad arguments (e.g. ``process --vad-out`` with a chain
-that has no voice activity detector), 65 unreadable audio, 66 missing input,
-69 unavailable endpoint/device, 70 a stage failed with ``on_error: fail``, 73 an output file
-cannot be written (``keygen`` refuses to overwrite a key), 78 invalid config (also a bad or too open
-key file), 130 interrupted. Anything else is a bug and keeps its traceback.
+that has no voice activity detector, an unknown name for ``config show``), 65 unreadable audio, 66
+missing input, 69 unavailable endpoint/device, 70 a stage failed with ``on_error: fail``, 73 an output
+file cannot be written (``keygen`` refuses to overwrite a key), 78 invalid config (also a bad or too open
+key file), 130 interrupted, 141 stdout closed (a reader that left early, as in ``voxd schema | head``:
+no traceback, the status of a process that SIGPIPE ended). Anything else is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import select
 import signal
 import sys
 import threading
@@ -95,6 +99,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    if not args.json:
+        print(_check(args)["summary"])
+        return 0
+    path = getattr(args, "config", None) or getattr(args, "config_pos", None)
+    try:
+        report = _check(args)
+    except VoxdError as exc:  # the JSON says why, the error lines still go to stderr
+        lines = exc.lines if isinstance(exc, ConfigError) else [f"voxd: {exc}"]
+        print(json.dumps({"config": path, "ok": False, "exit_status": exc.exit_status, "errors": lines},
+                         indent=2))
+        raise
+    print(json.dumps({"config": report["config"], "ok": True, **{k: v for k, v in report.items()
+                                                                   if k not in ("config", "summary")}},
+                     indent=2))
+    return 0
+
+
+def _check(args: argparse.Namespace) -> dict[str, object]:
+    """Load the config and build its chain; what ``voxd check`` reports (``summary``: the text line)."""
     from voxd.chain import build_chain
     from voxd.sources.file import file_info
 
@@ -110,10 +133,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         channels = cfg.capture.out_channels
     chain = build_chain(loaded, channels)
     fmt = chain.out_format
-    names = " -> ".join(n.name for n in chain.nodes) or "(empty)"
-    print(f"{loaded.path}: ok: {channels} ch in, {fmt.channels} ch out at {fmt.rate} Hz; "
-          f"delay {chain.delay_samples / fmt.rate * 1000:g} ms; chain: {names}")
-    return 0
+    nodes = [n.name for n in chain.nodes]
+    delay_ms = chain.delay_samples / fmt.rate * 1000
+    summary = (f"{loaded.path}: ok: {channels} ch in, {fmt.channels} ch out at {fmt.rate} Hz; "
+               f"delay {delay_ms:g} ms; chain: {' -> '.join(nodes) or '(empty)'}")
+    return {"config": loaded.path, "channels_in": channels, "channels_out": fmt.channels, "rate": fmt.rate,
+            "delay_ms": delay_ms, "chain": nodes, "summary": summary}
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -125,9 +150,14 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from voxd.plugins import load_plugins
 
     plugins = load_plugins()
+    if args.json:
+        print(json.dumps([asdict(p) for p in plugins.infos], indent=2))
+        return 0
     rows = [("PLUGIN", "VERSION", "STATUS", "STAGES")]
     for p in plugins.infos:
         status = p.status if p.error is None else f"{p.status}: {p.error}"
@@ -139,12 +169,29 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from voxd.sources.devices import input_devices, portaudio, table
 
     with portaudio() as pa:
         devices = input_devices(pa)
+    if args.json:
+        print(json.dumps([asdict(d) for d in devices], indent=2))
+        return 0
     print(table(devices) if devices else "no input devices (is a sound server running? is the user in "
           "the 'audio' group?)")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from voxd.commands import configs
+
+    if args.config_command == "list":
+        print(configs.list_text(configs.shipped_configs(), args.json))
+    elif args.config_command == "show":
+        sys.stdout.write(configs.config_text(args.name))
+    else:
+        sys.stdout.write(configs.systemd_text(args.config_command, getattr(args, "voxd", None)))
     return 0
 
 
@@ -259,16 +306,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate a config and build its chain (opens no device)")
     _add_config(p, positional=True)
+    p.add_argument("--json", action="store_true",
+                   help='print one JSON object: {"config", "ok": true, "channels_in", "channels_out", "rate" '
+                        '(Hz), "delay_ms", "chain" (the built chain\'s node names, inserted stft/istft '
+                        'included)}; when the config is invalid {"config", "ok": false, "exit_status", '
+                        '"errors" (the lines also printed on stderr)}')
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("devices", help="list audio input devices (index, name, channels, default rate)")
+    p.add_argument("--json", action="store_true",
+                   help='print a JSON list of {"index", "name", "max_channels", "default_rate" (Hz), '
+                        '"host_api", "is_default"}, [] when there is none')
     p.set_defaults(func=cmd_devices)
 
     p = sub.add_parser("schema", help="print the config's JSON Schema (with every installed stage)")
     p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("plugins", help="list plugins with their stages, version and status")
+    p.add_argument("--json", action="store_true",
+                   help='print a JSON list of {"name", "target" (entry point), "version", "status" (ok, '
+                        'failed, disabled), "error" (why it failed, else null), "stages"}')
     p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("config", help="the configs and systemd files shipped with voxd: list, show, unit",
+                       description="The configs and systemd files installed with voxd, e.g. "
+                       "'voxd config show respeaker-4mic-hat > /etc/voxd/voxd.yaml'.")
+    p.set_defaults(func=cmd_config)
+    csub = p.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    c = csub.add_parser("list", help="list the shipped configs: name and what each is for")
+    c.add_argument("--json", action="store_true",
+                   help='print a JSON list of {"name", "description", "path" (the installed file)}')
+    c = csub.add_parser("show", help="print a shipped config (YAML) to stdout")
+    c.add_argument("name", metavar="NAME", help="a name from 'voxd config list' (e.g. respeaker-4mic-hat)")
+    c = csub.add_parser("unit", help="print the systemd unit (voxd.service) to stdout")
+    c.add_argument("--voxd", metavar="PATH",
+                   help="absolute path of the voxd command for ExecStart= (default: /usr/bin/voxd, e.g. "
+                        "a link to VENV/bin/voxd)")
+    csub.add_parser("sysusers", help="print the sysusers.d entry (user and group voxd, in group audio)")
     return parser
 
 
@@ -276,16 +350,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``voxd`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
-    except ConfigError as exc:
-        for line in exc.lines:
-            print(line, file=sys.stderr)
-        return exc.exit_status
-    except VoxdError as exc:
-        print(f"voxd: {exc}", file=sys.stderr)
-        return exc.exit_status
-    except KeyboardInterrupt:
-        return 130
+        try:
+            status = int(args.func(args) or 0)
+            sys.stdout.flush()  # here, not at exit: a closed pipe must raise where we catch it
+            return status
+        except ConfigError as exc:
+            for line in exc.lines:
+                print(line, file=sys.stderr)
+            return exc.exit_status
+        except VoxdError as exc:
+            print(f"voxd: {exc}", file=sys.stderr)
+            return exc.exit_status
+        except KeyboardInterrupt:
+            return 130
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # some other pipe or socket: a bug, keep its traceback
+        _silence_stdout()
+        return EXIT_STDOUT_CLOSED
+
+
+#: the exit status when the reader of stdout went away (``voxd schema | head``): 128 + SIGPIPE, what a
+#: shell reports for a process that SIGPIPE ended
+EXIT_STDOUT_CLOSED = 128 + signal.SIGPIPE
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe or socket whose reader went away (poll reports POLLERR or POLLHUP)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush of what is still buffered stays
+    quiet (the recipe of the Python docs' "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":
