@@ -148,6 +148,25 @@ def test_schema_into_head_in_a_shell() -> None:
     assert r.returncode == 141  # 96 KB of schema: head leaves after the first line
 
 
+def test_listen_into_head_stops_quietly(recording: Path, free_port: int, tmp_path: Path) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port}"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"capture: {{type: file, path: {recording}, realtime: true}}\n"
+                   f"output: {{endpoints: ['{endpoint}'], wait_for_subscriber_s: 20}}\n")
+    daemon = subprocess.Popen([sys.executable, "-m", "voxd", "run", "--config", str(cfg)], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        r = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m voxd listen {endpoint} -q "
+                            "| head -c 100 | wc -c"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                           check=False)
+        assert r.returncode == 0 and r.stdout.strip() == "100" and r.stderr == ""  # listen: the end, exit 0
+        assert daemon.wait(timeout=30) == 0  # the daemon plays its file to the end regardless
+    finally:
+        daemon.kill()
+        assert daemon.stderr is not None
+        assert "Traceback" not in daemon.stderr.read()
+
+
 def test_a_broken_pipe_that_is_not_stdout_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(args: object) -> int:
         raise BrokenPipeError(32, "Broken pipe")  # e.g. a socket of a library: a bug, not a reader that left
