@@ -190,3 +190,20 @@ def test_voxd_run_prefixes_its_log_lines_when_stderr_is_the_journal(tmp_path: Pa
     assert any(line.startswith("<6>INFO voxd.daemon: audio flowing") for line in lines), text
     assert any(line.startswith("<6>INFO voxd.daemon: end of stream") for line in lines), text
     assert all(PREFIX.match(line) for line in lines), text
+
+
+@pytest.mark.parametrize("journal", [True, False])
+def test_voxd_run_fatal_errors_reach_the_journal_as_errors(tmp_path: Path, journal: bool) -> None:
+    """The lines ``voxd`` prints when it exits on an expected error (a config error, an endpoint it
+    cannot bind) are not log records: they get ``<3>`` themselves when stderr is the journal."""
+    cfg = tmp_path / "voxd.yaml"
+    cfg.write_text("capture: {type: file, path: missing.wav}\nchain:\n  - {stage: gain, dbb: 0}\n")
+    err = tmp_path / "stderr"
+    with err.open("w") as f:
+        env = {**os.environ, JOURNAL_STREAM: stream_id(f.fileno()) if journal else "0:0"}
+        r = subprocess.run([sys.executable, "-m", "voxd", "run", "--config", str(cfg)], stderr=f,
+                           stdout=subprocess.DEVNULL, env=env, cwd=ROOT, timeout=120, check=False)
+    lines = err.read_text().splitlines()
+    assert r.returncode == 78 and lines, lines
+    assert all(line.startswith("<3>") == journal for line in lines), lines
+    assert any("dbb" in line for line in lines), lines

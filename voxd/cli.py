@@ -356,10 +356,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return status
         except ConfigError as exc:
             for line in exc.lines:
-                print(line, file=sys.stderr)
+                print(_err(line), file=sys.stderr)
             return exc.exit_status
         except VoxdError as exc:
-            print(f"voxd: {exc}", file=sys.stderr)
+            print(_err(f"voxd: {exc}"), file=sys.stderr)
             return exc.exit_status
         except KeyboardInterrupt:
             return 130
@@ -368,6 +368,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise  # some other pipe or socket: a bug, keep its traceback
         _silence_stdout()
         return EXIT_STDOUT_CLOSED
+
+
+def _err(line: str) -> str:
+    """An error line for stderr: with the journal's error priority (``<3>``) when stderr is the journal
+    (a systemd service), so that ``journalctl -p err`` finds why the daemon exited."""
+    from voxd.logsetup import stderr_is_journal
+
+    return f"<3>{line}" if stderr_is_journal() else line
 
 
 #: the exit status when the reader of stdout went away (``voxd schema | head``): 128 + SIGPIPE, what a
