@@ -127,8 +127,10 @@ class DoaParams(StageParams):
     fmin_hz: float = Field(300.0, ge=0, le=24000, description="lowest frequency used (Hz)")
     fmax_hz: float = Field(8000.0, gt=0, le=24000,
                            description="highest frequency used (Hz; at most half the rate)")
-    grid_deg: float = Field(5.0, gt=0, le=30, description="azimuth grid step (deg); the maximum is refined "
-                            "between grid points")
+    # at least 1 deg: the grid's steering tables grow with 360 / grid_deg (a config of 1e-6 deg asked for
+    # tens of GiB), and the parabolic refinement already resolves far below the grid step
+    grid_deg: float = Field(5.0, ge=1, le=30, description="azimuth grid step (deg, 1-30); the maximum is "
+                            "refined between grid points")
     elevations_deg: list[Annotated[float, Field(ge=-90, le=90)]] = Field(
         default_factory=lambda: [0.0, 30.0, 60.0], min_length=1, max_length=10,
         description="elevations searched (deg above the array plane; also below it for a non-planar array)")
