@@ -29,6 +29,9 @@ so output sample k is input sample k):
   2 s (the near end is ~0 there; the input is echo + room noise). ``ceiling`` (dB): echo over room
   noise power in the same spans, what an echo canceller that leaves the noise alone can reach.
 - **ERLE after change** (dB): the same over the first 1 s after ``echo_path_change_s`` (pathchange items).
+- **barge-in heard**: the share of double-talk items (a user talking over the playback) where the VAD
+  reported speech overlapping the user's command: the other side of self-triggering (a VAD that never
+  reports speech during playback never self-triggers).
 - **self-trigger**: the share of items where the chain's VAD reported speech (a segment from its
   ``speech_start`` to its ``speech_end``) during a far-end-only span: the device triggering on its own
   playback; ``after 2 s``: the same ignoring the first 2 s of the item.
@@ -225,6 +228,8 @@ def run_item(d: Path, m: dict[str, Any], tmp: Path, chains: list[str],
             "stoi": stoi_over(clean, y, dt), "rtf": cpu / (n / RATE),
             "self_trigger": triggers(events, m["farend_only_segments"], n / RATE) > 0,
             "self_trigger_after_settle": triggers(events, m["farend_only_segments"], n / RATE, SETTLE_S) > 0}
+        if m["doubletalk_segments"]:  # the user talks over the playback: does the VAD hear them at all?
+            r["barge_in"] = triggers(events, m["nearend_segments"], n / RATE) > 0
         if cmd is not None:
             q, _, _ = run_chain(chain_config(wav_quiet, mics, name, m["geometry"]), wav_quiet, n)
             r["stoi_noplayback"] = stoi_over(clean, q, dt)
@@ -241,7 +246,7 @@ def mean(vals: list[float | None]) -> float | None:
 
 
 FIGURES = ("erle_db", "erle_change_db", "stoi", "stoi_noplayback", "rtf", "self_trigger",
-           "self_trigger_after_settle")
+           "self_trigger_after_settle", "barge_in")
 
 
 def summarise(items: list[dict[str, Any]], chains: list[str],
@@ -279,6 +284,7 @@ def table(summary: dict[str, dict[str, Any]], chain: str, recognizers: list[str]
             ("ERLE 1 s after change dB", f"{chain}_erle_change_db", "{:.1f}"),
             ("self-trigger", f"{chain}_self_trigger", "{:.0%}"),
             ("after 2 s", f"{chain}_self_trigger_after_settle", "{:.0%}"),
+            ("barge-in heard", f"{chain}_barge_in", "{:.0%}"),
             ("STOI", f"{chain}_stoi", "{:.3f}"), ("STOI no playback", f"{chain}_stoi_noplayback", "{:.3f}"),
             ("STOI no-echo input", "stoi_noecho", "{:.3f}")]
     for k in recognizers:

@@ -19,10 +19,11 @@ from voxd.config import load_config
 from voxd.errors import ConfigError
 from voxd.frame import AudioFormat, Frame
 from voxd.pipeline import Pipeline
-from voxd.side import AEC_ACTIVE, AEC_DELAY_MS, AEC_ERLE_DB, AEC_REFERENCE
+from voxd.side import AEC_ACTIVE, AEC_DELAY_MS, AEC_DOUBLETALK, AEC_ECHO_ONLY, AEC_ERLE_DB, AEC_REFERENCE
 from voxd.sources.base import Block
 
 pytest.importorskip("livekit")
+from voxd_aec.echogate import EchoGate
 from voxd_aec.stage import APM_DELAY, Aec, AecParams
 
 RATE, HOP = 16000, 160
@@ -209,6 +210,60 @@ def test_speex_estimates_the_echo_delay_and_reports_it() -> None:
     mic, far = echo_scene()
     _, frames = run_stage(stage(engine="speex"), mic, far)
     assert 5.0 <= frames[-1].side[AEC_DELAY_MS] <= 7.0, frames[-1].side[AEC_DELAY_MS]
+
+
+def near_end(n: int, level_db: float, seed: int = 1) -> np.ndarray:
+    """A second talker for double talk: the speech recording from its middle, at ``level_db`` RMS."""
+    import soundfile as sf
+    x, _ = sf.read(SPEECH, dtype="float32")
+    x = np.roll(x, len(x) // 2)[:n]
+    x = np.pad(x, (0, n - len(x)))
+    return (x / np.sqrt(np.mean(x ** 2)) * 10 ** (level_db / 20)).astype(np.float32)
+
+
+def test_echo_only_after_convergence_and_double_talk_when_a_user_talks() -> None:
+    """Far end alone: once converged, the frames where the far end plays are echo only (and none is
+    double talk); a user 6 dB under the echo from 3 s on: most of their speech frames are double talk."""
+    mic, far = echo_scene()
+    _, frames = run_stage(stage(engine="speex"), mic, far)
+    late = frames[2 * RATE // HOP:]
+    active = [f for f in late if f.side[AEC_ACTIVE]]
+    assert active and all(not f.side[AEC_DOUBLETALK] for f in active if f.side[AEC_ECHO_ONLY])
+    assert np.mean([f.side[AEC_ECHO_ONLY] for f in active]) > 0.9
+    n = mic.shape[1]
+    user = near_end(n, -21.0)  # the echo is at -15 dB
+    user[: 3 * RATE] = 0.0
+    _, frames = run_stage(stage(engine="speex"), mic + user[None], far)
+    frame_level = np.array([db(user[i:i + HOP]) for i in range(0, n - HOP + 1, HOP)])
+    talking = [f for f, lvl in zip(frames, frame_level, strict=False) if lvl > -35.0 and f.side[AEC_ACTIVE]]
+    assert len(talking) > 50
+    assert np.mean([f.side[AEC_DOUBLETALK] for f in talking]) > 0.6
+    quiet = [f for f, lvl in zip(frames[2 * RATE // HOP: 3 * RATE // HOP], frame_level[2 * RATE // HOP:],
+                                  strict=False) if f.side[AEC_ACTIVE]]
+    assert np.mean([f.side[AEC_ECHO_ONLY] for f in quiet]) > 0.9  # before the user starts
+
+
+def test_without_playback_nothing_is_echo_only() -> None:
+    mic, _far = echo_scene(seconds=2.0)
+    _, frames = run_stage(stage(engine="speex"), mic, np.zeros_like(mic))
+    assert not any(f.side[AEC_ECHO_ONLY] or f.side[AEC_DOUBLETALK] for f in frames)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(arrays(np.int16, 160), arrays(np.int16, 160),
+                          arrays(np.float32, 160, elements=st.floats(-4e4, 4e4, width=32)),
+                          arrays(np.int16, (2, 160))), min_size=1, max_size=30), st.integers(0, 1))
+def test_fuzz_echo_gate_any_hops_give_two_booleans(hops: list[tuple[np.ndarray, ...]], lag: int) -> None:
+    """Whatever the canceller hands it (full-scale int16 extremes, silence, garbage), the gate returns
+    two booleans, never both true, and keeps finite statistics; reset() forgets everything."""
+    gate = EchoGate(RATE, HOP, lag)
+    for mic, lin, out, ref in hops:
+        only, both = gate.push(mic, lin, out, ref)
+        assert isinstance(only, bool) and isinstance(both, bool) and not (only and both)
+        assert np.isfinite(gate.coherent)
+    gate.reset()
+    assert gate.push(*(np.zeros(160, np.int16),) * 2, np.zeros(160, np.float32),
+                     np.zeros((2, 160), np.int16)) == (False, False)
 
 
 @pytest.mark.parametrize("params", ENGINES, ids=lambda p: "-".join(map(str, p.values())))

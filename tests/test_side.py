@@ -77,7 +77,7 @@ def test_declarations_are_checked():
 
 def test_wire_and_watched_keys():
     assert side.watched_names() == {"speech_prob", "doa_deg", "level_dbfs", "agc_gain_db", "aec.erle_db",
-                                    "aec.delay_ms", "aec.active"}
+                                    "aec.delay_ms", "aec.active", "aec.doubletalk"}
     assert not side.on_wire("noise.psd") and side.on_wire("doa_deg") and side.on_wire("not.declared")
 
 

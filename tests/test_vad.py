@@ -543,3 +543,19 @@ def test_daemon_publishes_speech_events_that_bracket_the_labelled_speech(tmp_pat
     flags = dict(zip(info["seqs"], info["speech"], strict=True))
     assert all(flags[round((ls + le) / 2 / frame_s)] for ls, le in LABELS)
     assert not any(flags[k] for k in range(int(LABELS[0][0] / frame_s) - 5))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("gate", [True, False])
+def test_frames_an_echo_canceller_marks_echo_only_are_not_speech(engine: str, gate: bool):
+    """The demo's speech, every frame marked ``aec.echo_only`` (what an aec stage before the vad says of
+    its own playback's residue): no segment with ``echo_gate`` on (the default), the usual ones off."""
+    from voxd.side import AEC_ECHO_ONLY
+
+    stage, events = make_stage(engine=engine, echo_gate=gate)
+    x = demo_mono()
+    for i, pos in enumerate(range(0, x.shape[1] - 160 + 1, 160)):
+        stage.process(Frame(np.ascontiguousarray(x[:, pos:pos + 160]), i, pos, 0.0, RATE,
+                            side={AEC_ECHO_ONLY: True}))
+    stage.close()
+    assert (len(events) >= 2) == (not gate), events

@@ -26,6 +26,8 @@ Dtype = Literal["bool", "float", "float32", "complex64"]
 __all__ = [
     "AEC_ACTIVE",
     "AEC_DELAY_MS",
+    "AEC_DOUBLETALK",
+    "AEC_ECHO_ONLY",
     "AEC_ERLE_DB",
     "AEC_REFERENCE",
     "AGC_GAIN_DB",
@@ -198,3 +200,12 @@ AEC_ACTIVE = declare(
     "aec.active", dtype="bool", wire=True, watched=True, provider="aec",
     description="playback present: the reference was not silent within the stage's silence_hold_ms (the "
                 "stage cancels; otherwise it passes its input through)")
+AEC_ECHO_ONLY = declare(
+    "aec.echo_only", dtype="bool", wire=True, provider="aec (engine speex)",
+    description="the frame's first channel holds the playback's echo and nothing else the stage can tell "
+                "apart: its output is far under the echo it estimated, or the canceller has not converged "
+                "yet while the playback is loud; a vad stage after it reports no speech in such frames")
+AEC_DOUBLETALK = declare(
+    "aec.doubletalk", dtype="bool", wire=True, watched=True, provider="aec (engine speex)",
+    description="double talk: the playback's echo is present and so is something else (the near end: a "
+                "user talking over the playback)")

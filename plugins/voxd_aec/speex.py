@@ -117,6 +117,9 @@ class SpeexCanceller:
         self._far = np.zeros((hop, refs), np.int16)  # interleaved reference frame
         self._near = np.zeros(hop, np.int16)
         self._out = np.zeros(hop, np.int16)
+        #: the linear filter's output of the last hop, int16 ``(channels, hop)``, aligned with its input
+        #: (the suppressor's comes one hop later): ``mic - linear`` is the filter's echo estimate
+        self.linear = np.zeros((channels, hop), np.int16)
 
     @property
     def delay_samples(self) -> int:
@@ -137,6 +140,7 @@ class SpeexCanceller:
             self._near[:] = mic[c]
             lib.speex_echo_cancellation(st, self._near.ctypes.data, self._far.ctypes.data,
                                         self._out.ctypes.data)
+            self.linear[c] = self._out
             if self.suppress:
                 lib.speex_preprocess_run(self._pre[c], self._out.ctypes.data)
             out[c] = self._out

@@ -42,11 +42,12 @@ from pydantic import Field, model_validator
 
 from voxd.delayline import DelayLine
 from voxd.frame import AudioFormat, Domain, Frame, finite_within, sanitized
-from voxd.side import AEC_ACTIVE, AEC_DELAY_MS, AEC_ERLE_DB, AEC_REFERENCE
+from voxd.side import AEC_ACTIVE, AEC_DELAY_MS, AEC_DOUBLETALK, AEC_ECHO_ONLY, AEC_ERLE_DB, AEC_REFERENCE
 from voxd.stage import FormatError, Stage, StageContext, StageParams
 
 from . import speex
 from .delay import DelayEstimator
+from .echogate import EchoGate
 
 PACKAGE, DIST, EXTRA = "livekit", "livekit", "aec"
 #: the APM's constant output delay in samples, by rate (measured: docs/echo.md)
@@ -77,6 +78,12 @@ class AecParams(StageParams):
     suppress: bool = Field(True, description="engine speex: residual-echo suppressor after the linear filter")
     max_delay_ms: float = Field(400.0, ge=0.0, le=500.0,
                                 description="engine speex: the longest reference-to-echo delay searched (ms)")
+    echo_margin_db: float = Field(10.0, ge=0.0, le=60.0,
+                                  description="engine speex: a hop whose output is this far under the "
+                                              "canceller's echo estimate is echo only (aec.echo_only: a vad "
+                                              "after the stage reports no speech there); a user quieter "
+                                              "than the echo by more than this at the microphones cannot "
+                                              "barge in")
     margin_ms: float = Field(3.0, ge=0.0, le=50.0,
                              description="engine speex: the reference is aligned this much before the "
                                          "estimated delay (ms), so the echo's onset stays inside the filter")
@@ -145,6 +152,8 @@ class _Speex:
         self.span = self.canceller.taps  # samples the adaptive filter spans
         self._line = np.zeros((refs, self.max_lag + hop), np.int16)  # the reference's recent past
         self.delay_estimate: float | None = 0.0
+        self.gate = EchoGate(rate, hop, lag=1 if p.suppress else 0, margin_db=p.echo_margin_db)
+        self.echo_only = self.doubletalk = False  # of the last frame processed
 
     def resume(self) -> None:
         """Playback starts again after a pause: the reference's past is silence, not the old playback."""
@@ -154,6 +163,7 @@ class _Speex:
         """``mic`` float32 ``(channels, n)``, ``ref`` ``(refs, n)``, ``n`` a multiple of the hop."""
         hop, line = self.hop, self._line
         out = np.empty(mic.shape, np.float32)
+        echo_only, doubletalk = True, False
         for start in range(0, mic.shape[1], hop):
             r = ref[:, start:start + hop]
             d = self.est.push(r[0], mic[0, start:start + hop])
@@ -164,12 +174,16 @@ class _Speex:
                 if d < self.shift or d - self.shift > self.span // 2:
                     self.shift = max(0, d - self.margin)
                     self.canceller.reset()
+                    self.gate.reset()
             line[:, :-hop] = line[:, hop:]
             line[:, -hop:] = np.clip(r, -CLIP, CLIP) * 32767.0
             end = line.shape[1] - self.shift
             m16 = (np.clip(mic[:, start:start + hop], -CLIP, CLIP) * 32767.0).round().astype(np.int16)
             y = self.canceller.process(m16, line[:, end - hop:end])
             out[:, start:start + hop] = y / np.float32(32767.0)
+            only, both = self.gate.push(m16[0], self.canceller.linear[0], y[0], line[:, end - hop:end])
+            echo_only, doubletalk = echo_only and only, doubletalk or both
+        self.echo_only, self.doubletalk = echo_only, doubletalk
         return out
 
     def close(self) -> None:
@@ -182,7 +196,7 @@ class Aec(Stage[AecParams]):
     kind = "aec"
     domain = Domain.TIME
     requires = (AEC_REFERENCE,)
-    provides = (AEC_ACTIVE, AEC_ERLE_DB, AEC_DELAY_MS)
+    provides = (AEC_ACTIVE, AEC_ERLE_DB, AEC_DELAY_MS, AEC_ECHO_ONLY, AEC_DOUBLETALK)
 
     @classmethod
     def provided_keys(cls, params: AecParams) -> tuple[str, ...]:
@@ -279,8 +293,12 @@ class Aec(Stage[AecParams]):
     def _side(self, active: bool, erle: float) -> dict[str, Any]:
         side: dict[str, Any] = {AEC_ACTIVE: active, AEC_ERLE_DB: erle}
         if self.params.engine == "speex":
-            est = self._engine.delay_estimate if self._engine is not None else None
+            eng = self._engine
+            est = eng.delay_estimate if eng is not None else None
             side[AEC_DELAY_MS] = round(est or 0.0, 2)
+            speex_eng = eng if active and isinstance(eng, _Speex) else None
+            side[AEC_ECHO_ONLY] = speex_eng is not None and speex_eng.echo_only
+            side[AEC_DOUBLETALK] = speex_eng is not None and speex_eng.doubletalk
         return side
 
     def close(self) -> None:

@@ -46,7 +46,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from voxd.frame import AudioFormat, Frame
-from voxd.side import SPEECH, SPEECH_PROB
+from voxd.side import AEC_ECHO_ONLY, SPEECH, SPEECH_PROB
 from voxd.stage import EventSink, FormatError, Stage, StageContext, StageParams
 from voxd_vad.engines import SILERO_RATES, WEBRTC_RATES, Engine, SileroEngine, WebRtcEngine
 from voxd_vad.smoothing import Smoother, SmoothingSamples
@@ -86,6 +86,9 @@ class VadParams(StageParams):
                              "sustains speech")
     neg_threshold: float | None = Field(None, ge=0, lt=1, description="silero: probability below which a "
                                         "burst of possible speech is broken; default threshold - 0.15")
+    echo_gate: bool = Field(True, description="after an aec stage: frames it marks as holding only the "
+                            "playback's echo (aec.echo_only) count as no speech, so that the device does not "
+                            "trigger on its own voice or music")
     # --- smoothing (both engines)
     start_ms: float = Field(60.0, ge=0, le=2000, description="speech-start confirmation: strong speech "
                             "evidence an uninterrupted burst must hold to start a segment (ms)")
@@ -176,6 +179,7 @@ class Vad(Stage[VadParams]):
                                                           p.pre_roll_ms, p.post_roll))
         self._emit: EventSink = ctx.emit
         self._channel = p.channel
+        self._echo_gate = p.echo_gate
         self._unit = self.engine.unit
         self._buf = np.zeros(self._unit, np.float32)  # a unit being filled from consecutive frames
         self._fill = 0
@@ -190,6 +194,9 @@ class Vad(Stage[VadParams]):
         if self._after_reset:  # no pre-roll reaches back across the discontinuity (unless pts restarted)
             self.smoother.reset(self._seen if frame.pts >= self._seen else 0)
             self._after_reset = False
+        # the canceller's verdict on this frame (absent without an aec stage): the detector still hears the
+        # frame (its state and noise floor follow the stream), its evidence is not believed
+        echo_only = self._echo_gate and frame.side.get(AEC_ECHO_ONLY) is True
         pos = 0
         while pos < n:
             if self._fill == 0 and n - pos >= unit:  # a whole unit in this frame: no copy
@@ -204,6 +211,8 @@ class Vad(Stage[VadParams]):
                     break
                 chunk, self._fill = self._buf, 0
             weak, strong = self.engine.analyse(chunk)
+            if echo_only:
+                weak = strong = False
             end = frame.pts + pos
             event = self.smoother.push(weak, strong, end - unit, end)
             if event is not None:
