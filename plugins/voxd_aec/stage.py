@@ -29,7 +29,10 @@ A missing engine (library or package) is a config error naming what to install. 
   finite. ``reset()`` (a discontinuity, a reload) builds a fresh engine.
 - Side values: ``aec.active`` (the stage is cancelling), ``aec.erle_db`` (smoothed input over output
   power of channel 0 while active, the delay taken into account; 0 otherwise) and, engine speex,
-  ``aec.delay_ms`` (the estimated echo delay). Neither library exposes a double-talk state.
+  ``aec.delay_ms`` (the estimated echo delay), ``aec.echo_only`` (the frame's first channel holds only
+  the playback's residue: a ``vad`` after the stage reports no speech there) and ``aec.doubletalk`` (the
+  playback plays and something else is heard: a user talking over it); neither library exposes a
+  double-talk state, so :mod:`voxd_aec.echogate` decides both from the canceller's powers and spectra.
 """
 
 from __future__ import annotations
