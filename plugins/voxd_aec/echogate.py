@@ -11,8 +11,10 @@ channel it compares what the canceller already has:
   the stage's output. An output more than ``margin_db`` under the echo estimate is the canceller's
   residue. A user who talks over the playback is, at the microphones, up to ``margin_db`` under the
   echo (a loudspeaker a few centimetres away is loud), and survives the canceller;
-- **coherence**: the share of the linear output's power (300 Hz - 4 kHz) that the reference predicts,
-  from recursively averaged cross- and auto-spectra (``smooth`` per hop, ~100 ms). Residual echo is the
+- **coherence**, where the level alone says "not echo only": the share of the linear output's power
+  (300 Hz - 4 kHz) that the reference predicts, from cross- and auto-spectra averaged recursively over
+  such hops (``smooth`` per hop, ~10 hops; decayed for the hops in between, whose level decided: the
+  two FFTs and the averages are spent only where they can change the answer). Residual echo is the
   reference through some path, even one the filter has not learnt yet (the loudspeaker moved, the
   volume changed, the clocks drift), so it is predictable; a near-end talker is not. Over
   :data:`COHERENT_SHARE`: echo only;
@@ -43,8 +45,8 @@ class EchoGate:
     estimate the output must be to count as echo only; ``converge_s``: the warm-up (s of far-end
     activity); ``converged_db``: the linear filter's echo reduction that ends it early; ``hold_s``: the far
     end counts as active this long after the reference fell silent; ``smooth``: the per-hop forgetting
-    factor of the power and spectral averages. Buffers are made here; :meth:`push` allocates only the
-    two FFTs' outputs.
+    factor of the power and spectral averages. Buffers are made here; :meth:`push` allocates only
+    small temporaries (the FFT's output among them).
     """
 
     def __init__(self, rate: int, hop: int, lag: int, margin_db: float = 10.0, converge_s: float = 1.5,
@@ -60,8 +62,11 @@ class EchoGate:
         freqs = np.fft.rfftfreq(n, 1.0 / rate)
         self._band = slice(int(np.searchsorted(freqs, BAND_HZ[0])), int(np.searchsorted(freqs, BAND_HZ[1])))
         bins = self._band.stop - self._band.start
-        self._rbuf = np.zeros(n, np.float32)  # the last two hops of the reference (sum of its channels)
-        self._ebuf = np.zeros(n, np.float32)  # ... and of the linear output
+        # the last two hops of the reference (sum of its channels) + 1j * those of the linear output: one
+        # complex FFT gives both spectra (X[k] and conj(X[n - k]) separate them)
+        self._zbuf = np.zeros(n, np.complex128)
+        # bins n - k for k in the band, as a slice (reversed below): no fancy indexing per hop
+        self._mirror = slice(n - self._band.stop + 1, n - self._band.start + 1)
         self._srr = np.zeros(bins, np.float64)
         self._see = np.zeros(bins, np.float64)
         self._sre = np.zeros(bins, np.complex128)
@@ -74,14 +79,32 @@ class EchoGate:
         self._held = 0  # hops left of the far end's hold
         self._played = 0  # hops of active far end since the canceller started
         self._p_mic = self._p_lin = 0.0
-        self._rbuf[:] = 0.0
-        self._ebuf[:] = 0.0
+        self._zbuf[:] = 0.0
+        self._since = 0  # hops since the spectral averages were last updated
         self._srr[:] = 0.0
         self._see[:] = 0.0
         self._sre[:] = 0.0
         for i in range(len(self._echo)):
             self._echo[i] = 0.0
         self.coherent = 0.0
+
+    def _coherence(self) -> float:
+        """Update the spectral averages with the current two hops (decayed for the hops skipped since
+        the last update) and return the share of the linear output predictable from the reference."""
+        decay = self.smooth ** self._since
+        self._since = 0
+        Z = np.fft.fft(self._zbuf * self._win)
+        zk, zm = Z[self._band], np.conj(Z[self._mirror][::-1])
+        R, E = zk + zm, zk - zm  # 2 * the reference's and 2j * the output's spectra: the share is scale-free
+        self._srr *= decay
+        self._srr += (R * R.conj()).real
+        self._see *= decay
+        self._see += (E * E.conj()).real
+        self._sre *= decay
+        self._sre += R.conj() * E
+        predicted = (self._sre * self._sre.conj()).real / (self._srr + 1e-3)
+        self.coherent = float(predicted.sum() / (self._see.sum() + 1e-3))
+        return self.coherent
 
     def push(self, mic: np.ndarray, linear: np.ndarray, out: np.ndarray,
              ref: np.ndarray) -> tuple[bool, bool]:
@@ -94,10 +117,10 @@ class EchoGate:
         e = m - lin
         self._echo.append(float(np.dot(e, e)))
         r = ref.astype(np.float32).sum(axis=0)
-        self._rbuf[:hop] = self._rbuf[hop:]
-        self._rbuf[hop:] = r
-        self._ebuf[:hop] = self._ebuf[hop:]
-        self._ebuf[hop:] = lin
+        z = self._zbuf
+        z[:hop] = z[hop:]
+        z.real[hop:] = r
+        z.imag[hop:] = lin
         if float(np.dot(r, r)) > self.ref_floor:
             self._held = self.hold_hops
         elif self._held > 0:
@@ -107,20 +130,12 @@ class EchoGate:
         self._played += 1
         self._p_mic = a * self._p_mic + (1 - a) * float(np.dot(m, m))
         self._p_lin = a * self._p_lin + (1 - a) * float(np.dot(lin, lin))
-        R = np.fft.rfft(self._rbuf * self._win)[self._band]
-        E = np.fft.rfft(self._ebuf * self._win)[self._band]
-        self._srr *= a
-        self._srr += R.real**2 + R.imag**2
-        self._see *= a
-        self._see += E.real**2 + E.imag**2
-        self._sre *= a
-        self._sre += np.conj(R) * E
-        predicted = (self._sre.real**2 + self._sre.imag**2) / (self._srr + 1e-3)
-        self.coherent = float(np.sum(predicted) / (np.sum(self._see) + 1e-3))
         o = out.astype(np.float32)
         warming = self._played <= self.converge_hops and self._p_mic < self.converged * self._p_lin
-        echo_only = (warming or float(np.dot(o, o)) < self.margin * self._echo[0]
-                     or self.coherent > COHERENT_SHARE)
+        echo_only = warming or float(np.dot(o, o)) < self.margin * self._echo[0]
+        self._since += 1
+        if not echo_only:  # only here is the coherence needed: the spectra are updated for these hops
+            echo_only = self._coherence() > COHERENT_SHARE
         return echo_only, not echo_only
 
 
