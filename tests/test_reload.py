@@ -416,3 +416,55 @@ def test_a_file_source_that_stops_decoding_ends_with_stopping_and_65(tmp_path: P
     (stopping,) = events(info, "stopping")
     assert stopping["exit_status"] == 65 and "decoding stopped" in stopping["error"]
     assert len(info["seqs"]) == 127  # 2.54 s of audio in 20 ms frames
+
+
+def test_reloads_move_the_wyoming_service_and_a_refused_one_leaves_it_where_it_was(
+        tmp_path: Path, free_port: int) -> None:
+    """Issue 19: ``output.wyoming`` added by a reload starts serving, a changed ``uri`` moves it, and a
+    reload refused for another reason (its endpoint is taken) leaves the service on its old address."""
+    import asyncio
+
+    from wyoming.client import AsyncClient
+
+    def chunks_from(uri: str) -> int:
+        async def read() -> int:
+            client = AsyncClient.from_uri(uri)
+            await client.connect()
+            n = 0
+            while n < 5:
+                event = await asyncio.wait_for(client.read_event(), 10)
+                assert event is not None
+                n += event.type == "audio-chunk"
+            await client.disconnect()
+            return n
+        return asyncio.run(read())
+
+    def free() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    rec, cfg, run = start(tmp_path, free_port, GAIN0)
+    first, second = f"tcp://127.0.0.1:{free()}", f"tcp://127.0.0.1:{free()}"
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    try:
+        write_cfg(cfg, rec, free_port, GAIN0, extra=f'  wyoming: {{uri: "{first}"}}\n')
+        run.hup()
+        assert chunks_from(first) == 5
+        write_cfg(cfg, rec, free_port, GAIN0, extra=f'  wyoming: {{uri: "{second}"}}\n')
+        run.hup()
+        assert chunks_from(second) == 5
+        # both the endpoint (taken) and the service change: refused as a whole
+        write_cfg(cfg, rec, taken, GAIN0, extra=f'  wyoming: {{uri: "{first}"}}\n')
+        run.hup(wait_for_log="reload refused")
+        assert chunks_from(second) == 5
+        info, err = run.stop()
+    finally:
+        squatter.close()
+        run.kill()
+    assert len(events(info, "reload")) == 2 and len(events(info, "reload_failed")) == 1
+    assert_no_gap(info)
+    assert "Traceback" not in err

@@ -292,7 +292,8 @@ class Daemon:
         except Exception as exc:  # a stage that cannot open (a model that fails to load...)
             self._reload_failed(state, r, f"chain: cannot open: {type(exc).__name__}: {exc}")
             return
-        if new_cfg.output.wyoming != state.loaded.config.output.wyoming:
+        wy_changed = new_cfg.output.wyoming != state.loaded.config.output.wyoming
+        if wy_changed:
             try:
                 state.wy = self._apply_wyoming(state, new_cfg.output)
             except VoxdError as exc:
@@ -305,6 +306,11 @@ class Daemon:
                 if state.pub is None or state.pub.closed:  # not even the old endpoints: nothing to publish on
                     r.chain.close()
                     raise
+                if wy_changed:  # the reload is refused as a whole: the previous Wyoming service again
+                    try:
+                        state.wy = self._apply_wyoming(state, state.loaded.config.output)
+                    except VoxdError as again:
+                        log.error("output.wyoming: the previous service cannot serve again: %s", again)
                 self._reload_failed(state, r, f"output: {exc}")
                 return
         pub, pipe = state.pub, state.pipe
