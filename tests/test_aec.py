@@ -243,6 +243,28 @@ def test_echo_only_after_convergence_and_double_talk_when_a_user_talks() -> None
     assert np.mean([f.side[AEC_ECHO_ONLY] for f in quiet]) > 0.9  # before the user starts
 
 
+def test_echo_attenuation_lowers_what_is_left_of_the_echo_only() -> None:
+    """``echo_attenuation_db``: hops the gate calls echo only lose that much more; a silent reference
+    still passes the input through bit for bit."""
+    mic, far = echo_scene()
+    plain, _ = run_stage(stage(engine="speex"), mic, far)
+    quiet, frames = run_stage(stage(engine="speex", echo_attenuation_db=20.0), mic, far)
+    only = np.array([f.side[AEC_ECHO_ONLY] for f in frames])
+    late = slice(3 * RATE, plain.shape[1])
+    assert db(plain[0, late]) - db(quiet[0, late]) > 6.0
+    # frame k's samples, after the stage's one-hop delay; away from the one-hop gain ramps
+    steady_only = np.flatnonzero(only[1:-1] & only[:-2]) + 1
+    steady_not = np.flatnonzero(~only[1:-1] & ~only[:-2]) + 1
+    assert len(steady_only) > 100 and len(steady_not) > 5
+    idx = np.concatenate([np.arange(k * HOP - HOP, k * HOP) for k in steady_only])
+    assert db(plain[0, idx]) - db(quiet[0, idx]) == pytest.approx(20.0, abs=0.01)
+    for k in steady_not:
+        seg = slice(k * HOP - HOP, k * HOP)
+        np.testing.assert_array_equal(plain[:, seg], quiet[:, seg])
+    y, _ = run_stage(stage(engine="speex", echo_attenuation_db=20.0), mic, np.zeros_like(far))
+    np.testing.assert_array_equal(y, mic[:, : y.shape[1]])
+
+
 def test_without_playback_nothing_is_echo_only() -> None:
     mic, _far = echo_scene(seconds=2.0)
     _, frames = run_stage(stage(engine="speex"), mic, np.zeros_like(mic))

@@ -87,6 +87,10 @@ class AecParams(StageParams):
                                               "after the stage reports no speech there); a user quieter "
                                               "than the echo by more than this at the microphones cannot "
                                               "barge in")
+    echo_attenuation_db: float = Field(0.0, ge=0.0, le=60.0,
+                                       description="engine speex: hops that are echo only (aec.echo_only) "
+                                                   "are attenuated this much more (dB; 0 = off), ramped "
+                                                   "over a hop")
     margin_ms: float = Field(3.0, ge=0.0, le=50.0,
                              description="engine speex: the reference is aligned this much before the "
                                          "estimated delay (ms), so the echo's onset stays inside the filter")
@@ -157,6 +161,9 @@ class _Speex:
         self.delay_estimate: float | None = 0.0
         self.gate = EchoGate(rate, hop, lag=1 if p.suppress else 0, margin_db=p.echo_margin_db)
         self.echo_only = self.doubletalk = False  # of the last frame processed
+        self.floor_gain = np.float32(10.0 ** (-p.echo_attenuation_db / 20.0))
+        self._gain = np.float32(1.0)  # the gain at the end of the last hop
+        self._ramp = (np.arange(1, hop + 1, dtype=np.float32) / hop)[None, :]
 
     def resume(self) -> None:
         """Playback starts again after a pause: the reference's past is silence, not the old playback."""
@@ -186,6 +193,11 @@ class _Speex:
             out[:, start:start + hop] = y / np.float32(32767.0)
             only, both = self.gate.push(m16[0], self.canceller.linear[0], y[0], line[:, end - hop:end])
             echo_only, doubletalk = echo_only and only, doubletalk or both
+            target = self.floor_gain if only else np.float32(1.0)
+            if target != 1.0 or self._gain != 1.0:
+                g = self._gain + (target - self._gain) * self._ramp
+                out[:, start:start + hop] *= g
+                self._gain = target
         self.echo_only, self.doubletalk = echo_only, doubletalk
         return out
 
