@@ -174,7 +174,7 @@ def echo_scene(seconds: float = 6.0, pace: float = 1.0) -> tuple[np.ndarray, np.
     import soundfile as sf
     import soxr
     far, _ = sf.read(SPEECH, dtype="float32")
-    far = far[: int(seconds * RATE)]
+    far = np.tile(far, int(np.ceil(seconds * RATE / len(far))))[: int(seconds * RATE)]  # the 10 s, again
     far = far / np.sqrt(np.mean(far ** 2)) * 0.1
     played = far if pace == 1.0 else soxr.resample(far, RATE * pace, RATE, quality="VHQ")[: len(far)]
     played = np.pad(played, (0, len(far) - len(played)))
@@ -540,7 +540,9 @@ def test_live_reference_from_a_separate_device_with_its_own_clock(make_virtual_m
     reference onto the microphones' clock, and its ``aec`` removes the echo; ``stats`` report the offset."""
     from tests.test_capture import write_config
 
-    mic_sig, far = echo_scene(10.0, pace=1 + 300e-6)
+    # 20 s: the rate offset is measured from the two devices' delivery times, whose jitter (a few ms here,
+    # on a loaded machine) takes seconds of data to average out
+    mic_sig, far = echo_scene(20.0, pace=1 + 300e-6)
     mics = mic_sig[0][:, None] * np.array([1.0, 0.9, 0.8, 0.85])[None, :]
     pcm_mics = np.round(np.clip(mics, -1, 1) * 32767).astype(np.int16)
     pcm_ref = np.round(np.clip(far[0], -1, 1) * 32767).astype(np.int16)[:, None]
@@ -557,9 +559,11 @@ def test_live_reference_from_a_separate_device_with_its_own_clock(make_virtual_m
     info, pcm = live_run(cfg, vm.env, tmp_path, len(pcm_mics) // 320 - 20, "playback reference from", start)
     assert info["channels"] == 4 and info["gaps"] == 0
     y, start_at = onset(pcm)
-    seg = slice(start_at + 3 * RATE, min(len(y), start_at + 9 * RATE))
-    erle = db(mics[3 * RATE: seg.stop - start_at, 0]) - db(y[seg, 0])
+    seg = slice(start_at + 10 * RATE, min(len(y), start_at + 19 * RATE))
+    erle = db(mics[10 * RATE: seg.stop - start_at, 0]) - db(y[seg, 0])
     drift = [s["reference_drift_ppm"] for s in info["stats"] if "reference_drift_ppm" in s]
     delay = [s["aec.delay_ms"] for s in info["stats"] if "aec.delay_ms" in s]
-    assert erle >= MIN_ERLE_DB, (erle, drift, delay)
+    refstats = [(s.get("reference_underruns"), s.get("reference_overruns"), s.get("reference_buffer_ms"))
+                for s in info["stats"]]
+    assert erle >= MIN_ERLE_DB, (erle, drift, delay, refstats)
     assert drift and abs(drift[-1] - 300) <= 100, drift

@@ -9,7 +9,9 @@ reference sample received is resampled at the current ratio (libsamplerate throu
 package, whose sinc converters take a new ratio at every call and glide to it) into a buffer; each
 microphone block takes its length from it. The ratio is the measured rate offset (each device's rate against
 the system clock: the least-squares slope of its samples over their delivery times in the last
-:data:`RATE_WINDOW_S`; delivery jitter and block granularity average out, so the ratio is smooth and the
+:data:`RATE_WINDOW_S`, refitted on the points on or above that line: a callback can only come late, so
+those are the punctual ones, and the first seconds' fits are hundreds rather than thousands of ppm off
+on a busy machine; delivery jitter and block granularity average out, so the ratio is smooth and the
 reference's timing does not wander) times a pull of the buffer's fill back towards its target when it leaves
 a dead band of :data:`DEAD_BAND_S` around it (time constant :data:`TIME_CONSTANT_S`): inside the band
 nothing moves the reference against its echo. The buffer's steady fill is a constant delay between reference
@@ -142,19 +144,28 @@ class DriftCompensator:
 
     @staticmethod
     def _slope(hist: deque[tuple[float, int]]) -> float | None:
+        """The slope of samples over delivery time (samples/s); None until there are enough points."""
         if len(hist) < MIN_POINTS:
             return None
         h = np.asarray(hist, np.float64)
-        x = h[:, 0] - h[:, 0].mean()
-        den = float(np.dot(x, x))
-        return float(np.dot(x, h[:, 1] - h[:, 1].mean()) / den) if den > 0 else None
+        fit = _line(h)
+        if fit is None:
+            return None
+        # A late callback makes its point lie under the line (fewer samples than due at that time); none
+        # comes early. So the points on or above the line are the punctual ones: refit on them.
+        b, a = fit[0], fit[1]
+        res = h[:, 1] - (a + b * h[:, 0])
+        upper = h[res >= np.median(res)]
+        if len(upper) >= MIN_POINTS // 2:
+            fit = _line(upper) or fit
+        return fit[0]
 
     def _steer(self) -> None:
         # the rate offset: each device's rate against the system clock (the slope of its samples over their
         # delivery times, least squares over the last RATE_WINDOW_S: delivery jitter and the devices'
         # block granularity average out); their ratio is what the reference gains per microphone sample
         ref, mic = self._slope(self._ref_hist), self._slope(self._mic_hist)
-        if ref is not None and mic is not None and mic > 0:
+        if ref is not None and mic is not None:
             self.offset = float(np.clip(ref / mic - 1.0, -MAX_OFFSET, MAX_OFFSET))
         # the buffer's fill: pulled back only when it leaves a dead band around the target, since every
         # correction moves the reference against its echo (what the offset's error left over time)
@@ -163,3 +174,17 @@ class DriftCompensator:
         outside = float(np.sign(self._err)) * max(0.0, abs(self._err) - DEAD_BAND_S)
         pull = float(np.clip(outside / TIME_CONSTANT_S, -MAX_PULL, MAX_PULL))
         self.ratio = (1.0 - pull) / (1.0 + self.offset)
+
+
+def _line(h: np.ndarray) -> tuple[float, float] | None:
+    """Least-squares line through points ``h`` ``(N, 2)`` (x = time s, y = samples): (slope, intercept);
+    None if degenerate."""
+    xm, ym = h[:, 0].mean(), h[:, 1].mean()
+    x, y = h[:, 0] - xm, h[:, 1] - ym
+    den = float(np.dot(x, x))
+    if den <= 0 or len(h) < 3:
+        return None
+    b = float(np.dot(x, y) / den)
+    if b <= 0:
+        return None
+    return b, float(ym - b * xm)
