@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import select
 import signal
 import sys
@@ -366,7 +365,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         if not _stdout_closed():
             raise  # some other pipe or socket: a bug, keep its traceback
-        _silence_stdout()
+        from voxd.commands import silence_stdout
+
+        silence_stdout()
         return EXIT_STDOUT_CLOSED
 
 
@@ -391,17 +392,6 @@ def _stdout_closed() -> bool:
         return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
     except (OSError, ValueError, AttributeError):
         return False
-
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null, so that the interpreter's final flush of what is still buffered stays
-    quiet (the recipe of the Python docs' "Note on SIGPIPE")."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):
-        pass
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from typing import BinaryIO
 import soundfile as sf
 
 from voxd.client import Subscriber
+from voxd.commands import silence_stdout
 from voxd.errors import EX_CANTCREAT, EX_DATAERR, EX_USAGE, VoxdError
 from voxd.wire import TOPIC_EVENT, AudioMessage, EventMessage, is_audio_topic, sample_width
 
@@ -214,7 +215,7 @@ class _RawSink:
             self._stream.write(msg.pcm[: n * msg.channels * sample_width(msg.format)])
             self._stream.flush()  # a recogniser downstream wants each frame now, not a buffer later
         except BrokenPipeError:
-            _silence_stdout()
+            silence_stdout()
             return False
         return True
 
@@ -222,17 +223,7 @@ class _RawSink:
         try:
             self._stream.flush()
         except (BrokenPipeError, ValueError):
-            _silence_stdout()
-
-
-def _silence_stdout() -> None:
-    """The pipe reader left: point stdout at /dev/null so the interpreter's final flush stays quiet."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):
-        pass
+            silence_stdout()
 
 
 def _check_writable(path: str) -> None:
