@@ -365,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         if not _stdout_closed():
             raise  # some other pipe or socket: a bug, keep its traceback
-        from voxd.commands import silence_stdout
+        from voxd.commands.listen import silence_stdout
 
         silence_stdout()
         return EXIT_STDOUT_CLOSED

@@ -1,5 +1,4 @@
-"""The command modules of the ``voxd`` CLI (``process``, ``bench``, ``eval``, ``listen``, ``status``,
-``configs``).
+"""The command modules of the ``voxd`` CLI (``process``, ``bench``, ``eval``, ``listen``, ``status``).
 
 Each takes plain arguments (the CLI parses the command line) and returns an exit status or a report;
 only :mod:`voxd.cli` imports them: the library (:mod:`voxd.runtime`, :mod:`voxd.daemon`...) never does.
@@ -10,7 +9,6 @@ This package's own import loads nothing heavy: :func:`single_thread_blas` must r
 from __future__ import annotations
 
 import os
-import sys
 
 #: the thread-count variables of the BLAS/OpenMP runtimes numpy and onnxruntime may load
 BLAS_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -21,15 +19,3 @@ def single_thread_blas() -> None:
     board. Effective only before numpy is first imported: those runtimes read the variables once."""
     for var in BLAS_THREAD_VARS:
         os.environ.setdefault(var, "1")
-
-
-def silence_stdout() -> None:
-    """The reader of stdout left (a closed pipe): point stdout at /dev/null, so that the interpreter's
-    final flush of what is still buffered stays quiet (the recipe of the Python docs' "Note on
-    SIGPIPE")."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):
-        pass

@@ -28,7 +28,6 @@ from typing import BinaryIO
 import soundfile as sf
 
 from voxd.client import Subscriber
-from voxd.commands import silence_stdout
 from voxd.errors import EX_CANTCREAT, EX_DATAERR, EX_USAGE, VoxdError
 from voxd.wire import TOPIC_EVENT, AudioMessage, EventMessage, is_audio_topic, sample_width
 
@@ -224,6 +223,18 @@ class _RawSink:
             self._stream.flush()
         except (BrokenPipeError, ValueError):
             silence_stdout()
+
+
+def silence_stdout() -> None:
+    """The reader of stdout left (a closed pipe): point stdout at /dev/null, so that the interpreter's
+    final flush of what is still buffered stays quiet (the recipe of the Python docs' "Note on
+    SIGPIPE"); the CLI uses it for every command."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _check_writable(path: str) -> None:
