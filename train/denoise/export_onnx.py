@@ -5,7 +5,9 @@ Interface (all float32, batch 1), as ``plugins/voxd_denoise/inhouse.py`` runs it
 ===========  ============  ===========================================================================
 name         shape         meaning
 ===========  ============  ===========================================================================
-spec (in)    (1, 161, 2)   the hop's noisy spectrum from voxd's shared STFT (real, imaginary)
+spec (in)    (1, 161, 2A)  the hop's noisy spectrum from voxd's shared STFT (real, imaginary), then
+                           ``aux`` auxiliary spectra (``A = 1 + aux``; the echo suppressor's echo
+                           estimate and reference): seen, not enhanced
 state (in)   (1, S)        zeros at stream start and after a reset
 enh (out)    (1, 161, 2)   enhanced spectrum for the shared synthesis
 state_out    (1, S)        the next call's ``state``
@@ -69,9 +71,10 @@ class StreamStep(nn.Module):
             self.register_buffer("band_an_t", model.band_an.t().contiguous())  # (U, 161)
             self.register_buffer("band_syn", model.band_syn.clone())  # (U, 161)
             # enc1 o SFE = one 7-tap stride-2 conv on the 3 feature channels (zero padding 3)
-            w1 = model.enc1[0].weight[:, :, 0]  # (C, 9, 5): input channel ch*3 + k
-            w7 = torch.zeros(c, 3, 7)
-            for ch in range(3):
+            n_feat = 3 * (1 + cfg.aux)  # |X|^c, Re, Im per input spectrum
+            w1 = model.enc1[0].weight[:, :, 0]  # (C, 3 n_feat, 5): input channel ch*3 + k
+            w7 = torch.zeros(c, n_feat, 7)
+            for ch in range(n_feat):
                 for k in range(3):
                     w7[:, ch, k : k + 5] += w1[:, ch * 3 + k]
             w, b = fold_bn(w7, model.enc1[0].bias, model.enc1[1])
@@ -112,18 +115,22 @@ class StreamStep(nn.Module):
         self.dilations = [d for d, _ in self.tb]
 
     def forward(self, spec: Tensor, state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """spec (1, 161, 2), state (1, S) -> enh (1, 161, 2), state_out (1, S), gain (1, 161)."""
+        """spec (1, 161, 2 + 2 aux), state (1, S) -> enh (1, 161, 2), state_out (1, S), gain (1, 161)."""
         cfg = self.cfg
         c, u4, lb, o = cfg.channels, self.u4, cfg.lin_bins, cfg.df_order
         parts = torch.split(state, self.sizes, dim=1)
         st = {n: p.reshape(s) for (n, s), p in zip(self.shapes, parts, strict=True)}
 
-        x = spec[0]  # (161, 2)
+        feats = []
+        for k in range(1 + cfg.aux):  # the spectrum to enhance, then the auxiliary ones
+            xk = spec[0, :, 2 * k : 2 * k + 2]  # (161, 2)
+            pk = (xk * xk).sum(1, keepdim=True)  # (161, 1)
+            mag = torch.sqrt(pk + 1e-12)
+            feats.append(torch.cat([mag, xk], dim=1) * torch.pow(mag, cfg.compress - 1.0))  # (161, 3)
+        x = spec[0, :, :2]  # (161, 2)
         pw = (x * x).sum(1, keepdim=True)  # (161, 1)
-        mag = torch.sqrt(pw + 1e-12)
-        scale = torch.pow(mag, cfg.compress - 1.0)
-        feat = torch.cat([mag, x], dim=1) * scale  # (161, 3)
-        bands = (self.band_an_t @ feat).t().unsqueeze(0)  # (1, 3, U)
+        feat = feats[0] if len(feats) == 1 else torch.cat(feats, dim=1)  # (161, 3 (1 + aux))
+        bands = (self.band_an_t @ feat).t().unsqueeze(0)  # (1, 3 (1 + aux), U)
         e1 = fn.leaky_relu(fn.conv1d(bands, self.enc1_w, self.enc1_b, stride=2, padding=3), self.slope)
         e2 = fn.leaky_relu(fn.conv1d(e1, self.enc2_w, self.enc2_b, stride=2, padding=2, groups=2),
                            self.slope)  # (1, C, U/4)  # fmt: skip
@@ -184,7 +191,8 @@ def export_model(model: Denoiser, out: Path, extra_meta: dict[str, str] | None =
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.onnx")
     with torch.no_grad():
-        torch.onnx.export(step, (torch.zeros(1, N_BINS, 2), model.initial_state(1)), str(tmp),
+        spec = torch.zeros(1, N_BINS, 2 * (1 + model.cfg.aux))
+        torch.onnx.export(step, (spec, model.initial_state(1)), str(tmp),
                           input_names=["spec", "state"], output_names=["enh", "state_out", "gain"],
                           opset_version=OPSET, dynamo=False, do_constant_folding=True)  # fmt: skip
     m = onnx.load(str(tmp))

@@ -8,7 +8,9 @@ look-ahead): algorithmic latency = the 20 ms window; the chain's delay is window
 Per 10 ms frame (``B`` batch, ``T`` frames, ``C`` channels, ``U = lin_bins + erb_bands`` units):
 
 1. **Compressed input**: ``X_c = X |X|^(c-1)`` with ``c = 0.3`` (power-law compression keeps the
-   40 dB of input levels within a 4:1 range); three channels per bin: ``|X|^c``, Re, Im of ``X_c``.
+   40 dB of input levels within a 4:1 range); three channels per bin: ``|X|^c``, Re, Im of ``X_c``, and
+   three more per auxiliary input spectrum (``aux``; the residual-echo suppressor of ``train/echo`` sees
+   the echo canceller's echo estimate and the aligned reference this way; only ``X`` is enhanced).
 2. **Bands**: the ``lin_bins`` lowest bins (0 .. 3.15 kHz with 64) stay linear, the rest are averaged
    into ``erb_bands`` ERB-spaced bands (one matmul, 161 -> U).
 3. **Subband feature extraction**: each unit is stacked with its two neighbours (3 -> 9 channels).
@@ -57,6 +59,7 @@ class ModelConfig:
     dp_blocks: int = 2  # frequency-mixing + GRU blocks
     df_order: int = 3  # deep-filter taps: current + 2 past frames (no look-ahead)
     compress: float = 0.3  # power-law exponent of the input features
+    aux: int = 0  # input spectra beside the enhanced one (echo suppressor: echo estimate, reference)
 
     def to_dict(self) -> dict[str, float]:
         """Plain-dict form for JSON/metadata."""
@@ -208,8 +211,9 @@ class Denoiser(nn.Module):
         self.register_buffer("band_an", torch.from_numpy(an), persistent=False)
         self.register_buffer("band_syn", torch.from_numpy(syn), persistent=False)
         # subband feature extraction as a fixed conv: unit f gets channels of f-1, f, f+1
-        sfe = torch.zeros(9, 3, 1, 3)
-        for ch in range(3):
+        n_feat = 3 * (1 + cfg.aux)  # |X|^c, Re, Im per input spectrum
+        sfe = torch.zeros(3 * n_feat, n_feat, 1, 3)
+        for ch in range(n_feat):
             for k in range(3):
                 sfe[ch * 3 + k, ch, 0, k] = 1.0
         self.register_buffer("sfe_w", sfe, persistent=False)
@@ -220,7 +224,7 @@ class Denoiser(nn.Module):
         # the input is zero-padded by 3 units each side once, then SFE and enc1 run without padding:
         # SFE (3 taps) followed by enc1 (5 taps, stride 2) is then exactly one 7-tap strided conv, which
         # the export folds into a single op
-        self.enc1 = nn.Sequential(nn.Conv2d(9, c, (1, 5), stride=(1, 2)), nn.BatchNorm2d(c),
+        self.enc1 = nn.Sequential(nn.Conv2d(3 * n_feat, c, (1, 5), stride=(1, 2)), nn.BatchNorm2d(c),
                                   nn.LeakyReLU(0.1))  # fmt: skip
         self.enc2 = nn.Sequential(nn.Conv2d(c, c, (1, 5), stride=(1, 2), padding=(0, 2), groups=2),
                                   nn.BatchNorm2d(c), nn.LeakyReLU(0.1))  # fmt: skip
@@ -262,7 +266,8 @@ class Denoiser(nn.Module):
         """Enhance ``T`` frames.
 
         Args:
-            spec: noisy spectra, float32 (B, T, 161, 2) (real, imaginary; voxd STFT scale).
+            spec: noisy spectra, float32 (B, T, 161, 2 + 2 aux) (real, imaginary; voxd STFT scale): the
+                spectrum to enhance, then the ``aux`` auxiliary ones (seen, never output).
             state: float32 (B, state_size); zeros at stream start.
         Returns:
             enhanced spectra (B, T, 161, 2); the per-bin magnitude gain actually applied,
@@ -276,12 +281,16 @@ class Denoiser(nn.Module):
         parts = list(torch.split(state, sizes, dim=1))
         st = {n: p.reshape(b, *s) for (n, s), p in zip(self.state_shapes(), parts, strict=True)}
 
+        feats: list[Tensor] = []
+        for k in range(1 + cfg.aux):
+            re_k, im_k = spec[..., 2 * k], spec[..., 2 * k + 1]
+            mag = torch.sqrt(re_k * re_k + im_k * im_k + 1e-12)  # (B, T, F)
+            scale = mag ** (cfg.compress - 1.0)
+            feats += [mag * scale, re_k * scale, im_k * scale]
+        feat = torch.stack(feats, dim=1) @ self.band_an  # (B, 3 (1 + aux), T, U)
+        x = fn.conv2d(fn.pad(feat, (3, 3)), self.sfe_w)  # (B, 9 (1 + aux), T, U + 4)
         re, im = spec[..., 0], spec[..., 1]
-        mag = torch.sqrt(re * re + im * im + 1e-12)  # (B, T, F)
-        scale = mag ** (cfg.compress - 1.0)
-        feat = torch.stack([mag * scale, re * scale, im * scale], dim=1)  # (B, 3, T, F)
-        feat = feat @ self.band_an  # (B, 3, T, U)
-        x = fn.conv2d(fn.pad(feat, (3, 3)), self.sfe_w)  # (B, 9, T, U + 4)
+        spec = spec[..., :2]  # what is enhanced
 
         e1 = self.enc1(x)  # (B, C, T, U/2)
         e2 = self.enc2(e1)  # (B, C, T, U/4)
@@ -334,8 +343,8 @@ def count_macs_per_frame(model: Denoiser) -> int:
     cfg = model.cfg
     c, u, lb, o = cfg.channels, cfg.units, cfg.lin_bins, cfg.df_order
     u2, u4 = u // 2, u // 4
-    macs = 3 * N_BINS * u  # banding
-    macs += 9 * c * 5 * u2 + c * (c // 2) * 5 * u4  # encoder convs
+    macs = 3 * (1 + cfg.aux) * N_BINS * u  # banding
+    macs += 9 * (1 + cfg.aux) * c * 5 * u2 + c * (c // 2) * 5 * u4  # encoder convs
     macs += 2 * u4 * c * (9 + c)  # 2 temporal blocks
     # per block: unit mixing, channel mixing, GRU (3 gates, input + hidden), output linear
     macs += cfg.dp_blocks * (u4 * u4 * c + u4 * c * c + u4 * 6 * c * c + u4 * c * c)
