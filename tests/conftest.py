@@ -25,7 +25,9 @@ settings.register_profile("dev", deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
-pytest_plugins = ["tests.virtual_mic"]  # the make_virtual_mic fixture: a real PortAudio input device
+# make_virtual_mic: a real PortAudio input device; install_build: tests/test_install.py's wheel and venv,
+# built in the background from the session's first test
+pytest_plugins = ["tests.virtual_mic", "tests.install_build"]
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -5,65 +5,39 @@ The wheel is built from a copy of what a build reads (so the checkout gets no bu
 ``pip install voxd-*.whl`` into a new venv takes its dependencies from the package index as on a device
 (PyAudio builds from source where pip has no wheel of it: gcc, python3-dev and portaudio19-dev, which
 ``make`` installs; README "Install with pip"). Every voxd command then runs from a directory outside the
-repository, with the venv's own ``voxd``. About 40-90 s, most of it pip.
+repository, with the venv's own ``voxd``. About 40-90 s, most of it pip: tests/install_build.py builds
+the wheel and the venv in the background from the session's first test, so a full run rarely waits.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
-import time
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.install_build import InstallBuild, clean_env
 from voxd.commands.configs import SHIPPED, SYSTEMD_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
-#: what a wheel build reads (pyproject.toml, setup.py and the package-data they name)
-BUILD_INPUTS = ("pyproject.toml", "setup.py", "README.md", "voxd", "plugins", "config", "systemd")
 
 
 def _run(cmd: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(cmd, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=timeout,
+                          check=False)
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    src = tmp_path_factory.mktemp("src")
-    for name in BUILD_INPUTS:
-        path = ROOT / name
-        if path.is_dir():
-            shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy2(path, src / name)
-    out = tmp_path_factory.mktemp("dist")
-    t0 = time.monotonic()
-    r = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-              str(src)], cwd=src, timeout=300)
-    assert r.returncode == 0, r.stderr
-    (whl,) = out.glob("voxd-*.whl")
-    print(f"wheel: {whl.name}, {whl.stat().st_size / 1e6:.2f} MB, built in {time.monotonic() - t0:.1f} s")
-    return whl
+def wheel(install_build: InstallBuild) -> Path:
+    """``pip wheel --no-deps`` of a copy of what a build reads (tests/install_build.py)."""
+    return install_build.wheel()
 
 
 @pytest.fixture(scope="module")
-def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A fresh venv with the wheel and what it depends on, nothing else."""
-    env_dir = tmp_path_factory.mktemp("venv")
-    t0 = time.monotonic()
-    r = _run([sys.executable, "-m", "venv", str(env_dir)], cwd=env_dir, timeout=120)
-    assert r.returncode == 0, r.stderr
-    r = _run([str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel)], cwd=env_dir,
-             timeout=600)
-    assert r.returncode == 0, r.stderr
-    print(f"fresh venv + pip install {wheel.name}: {time.monotonic() - t0:.1f} s")
-    yield env_dir
+def venv(install_build: InstallBuild) -> Path:
+    """A fresh venv with the wheel and what it depends on, nothing else (tests/install_build.py)."""
+    return install_build.venv()
 
 
 def test_the_wheel_holds_the_shipped_configs_and_the_systemd_files(wheel: Path) -> None:
