@@ -133,13 +133,31 @@ def test_satellite_streams_voxd_audio_equal_to_zeromq(tmp_path: Path) -> None:
     sat_cmd = [str(SAT_PYTHON), "-m", "wyoming_satellite", "--name", "voxd test", "--uri", sat_uri,
                "--mic-uri", mic_uri, "--debug"]
     chunks: list[Event] = []
+    last_pts: list[int] = []  # of the last frame the ZeroMQ subscriber got, once the daemon has ended
+
+    def is_last(event: Event) -> bool:
+        """Whether ``event`` is the chunk of the last frame the ZeroMQ subscriber got."""
+        stamp = AudioChunk.from_event(event).timestamp if AudioChunk.is_type(event.type) else None
+        return bool(last_pts) and stamp is not None and stamp * RATE // 1000 >= last_pts[0]
 
     async def home_assistant() -> None:
         client = await _connect(sat_uri)
         await client.write_event(RunSatellite().event())
-        # the satellite answers run-satellite with run-pipeline, then forwards every mic chunk
-        # (the chunks arrive while the daemon runs; after its end, 3 s of quiet ends the reading)
-        chunks.extend(await _read_until(client, "never", timeout_s=3.0))
+        # the satellite answers run-satellite with run-pipeline, then forwards every mic chunk (they arrive
+        # while the daemon runs; the satellite sends nothing that says the stream ended). The reading
+        # ends after 3 s of quiet, or 0.5 s of quiet once the chunk of ZeroMQ's last frame has come
+        # (all sent by then: what follows it would still be read, and fail the test)
+        quiet_s = 3.0
+        while True:
+            try:
+                event = await asyncio.wait_for(client.read_event(), quiet_s)
+            except TimeoutError:
+                break
+            if event is None:
+                break
+            chunks.append(event)
+            if is_last(event):
+                quiet_s = 0.5
         await client.disconnect()
 
     with _process(sat_cmd, tmp_path / "satellite.log"):
@@ -148,6 +166,7 @@ def test_satellite_streams_voxd_audio_equal_to_zeromq(tmp_path: Path) -> None:
         loop.run_until_complete(asyncio.sleep(1.0))  # HA connected; the satellite retries the mic
         # the daemon runs the whole recording (real time) while HA listens through the satellite
         info = run_with_subscriber(cfg, endpoint, tmp_path / "sub")
+        last_pts.append(max(info["pts"]))
         loop.run_until_complete(ha)
         loop.close()
     log = (tmp_path / "satellite.log").read_text(errors="replace")
