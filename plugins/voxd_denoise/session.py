@@ -1,28 +1,14 @@
-"""onnxruntime sessions for the denoiser models (the in-house model and GTCRN)."""
+"""onnxruntime sessions for the denoiser models (the in-house model and GTCRN): the core's
+(:mod:`voxd.inference`), with this package's bundled models."""
 
 from __future__ import annotations
 
-from importlib import resources
-from typing import Any
+from voxd.inference import model_bytes as _model_bytes
+from voxd.inference import open_session
+
+__all__ = ["model_bytes", "open_session"]
 
 
 def model_bytes(path: str | None, bundled: str) -> bytes:
-    """The ONNX file at ``path``, or the package's ``bundled`` resource (e.g. ``models/x.onnx``)."""
-    if path is not None:
-        with open(path, "rb") as f:
-            return f.read()
-    return resources.files("voxd_denoise").joinpath(bundled).read_bytes()
-
-
-def open_session(model: bytes) -> Any:  # -> onnxruntime.InferenceSession
-    """An onnxruntime session on the serialized ONNX ``model``: CPU, one intra-op and one inter-op
-    thread, sequential (the daemon's worker thread is the only caller; more threads only contend)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+    """The ONNX file at ``path``, or this package's ``bundled`` resource (e.g. ``models/x.onnx``)."""
+    return _model_bytes(path, "voxd_denoise", bundled)

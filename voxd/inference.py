@@ -1,0 +1,28 @@
+"""onnxruntime sessions for the stages that run a model (the denoisers, the residual-echo suppressor)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+
+def model_bytes(path: str | None, package: str, bundled: str) -> bytes:
+    """The ONNX file at ``path``, or ``package``'s ``bundled`` resource (e.g. ``models/x.onnx``)."""
+    if path is not None:
+        with open(path, "rb") as f:
+            return f.read()
+    return resources.files(package).joinpath(bundled).read_bytes()
+
+
+def open_session(model: bytes) -> Any:  # -> onnxruntime.InferenceSession
+    """An onnxruntime session on the serialized ONNX ``model``: CPU, one intra-op and one inter-op
+    thread, sequential (the daemon's worker thread is the only caller; more threads only contend)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
