@@ -77,14 +77,16 @@ RATE = 16000
 SETTLE_S = 2.0  # ERLE on far-end-only spans after this (s): the canceller's convergence
 CHANGE_WINDOW_S = 1.0  # ERLE window after the echo-path change (s)
 ASR_PAD_S = 0.3  # the command's span is widened by this much each side before recognition (s)
-CHAINS = ("plain", "aec", "aec-linear", "aec-aec3", "plain-silero", "aec-silero", "board", "board-noaec",
-          "board-aec-first", "board-aec-last")
+CHAINS = ("plain", "aec", "aec-linear", "aec-aec3", "plain-silero", "aec-silero", "aec-neural",
+          "aec-neural-silero", "board", "board-noaec", "board-aec-first", "board-aec-last")
 #: the single-microphone chains: name -> (the aec stage or None, the VAD engine); then select [0] -> vad
 MIC0_CHAINS: dict[str, tuple[dict[str, Any] | None, str]] = {
     "plain": (None, "webrtc"), "aec": ({"stage": "aec"}, "webrtc"),
     "aec-linear": ({"stage": "aec", "engine": "speex", "suppress": False}, "webrtc"),
     "aec-aec3": ({"stage": "aec", "engine": "aec3"}, "webrtc"),
-    "plain-silero": (None, "silero"), "aec-silero": ({"stage": "aec"}, "silero")}
+    "plain-silero": (None, "silero"), "aec-silero": ({"stage": "aec"}, "silero"),
+    "aec-neural": ({"stage": "aec", "suppress": "neural"}, "webrtc"),
+    "aec-neural-silero": ({"stage": "aec", "suppress": "neural"}, "silero")}
 RECOGNIZERS = ("whisper", "pocketsphinx")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 EPS = 1e-20

@@ -140,10 +140,11 @@ def test_without_reference_nothing_changes(tmp_path: Path) -> None:
 # --- the stage ---------------------------------------------------------------------------------------
 
 
-ENGINES = [{"engine": "speex"}, {"engine": "speex", "suppress": False}, {"engine": "aec3"}]
+ENGINES = [{"engine": "speex"}, {"engine": "speex", "suppress": False},
+           {"engine": "speex", "suppress": "neural"}, {"engine": "aec3"}]
 #: each engine's constant output delay at 16 kHz (samples), measured: docs/echo.md
-ENGINE_DELAY = {("speex", True): HOP, ("speex", False): 0, ("aec3", True): APM_DELAY[RATE],
-                ("aec3", False): APM_DELAY[RATE]}
+ENGINE_DELAY = {("speex", True): HOP, ("speex", False): 0, ("speex", "neural"): HOP,
+                ("aec3", True): APM_DELAY[RATE], ("aec3", False): APM_DELAY[RATE]}
 
 
 def stage(channels: int = 1, **params: Any) -> Aec:
@@ -370,6 +371,91 @@ def test_reset_starts_afresh() -> None:
        arrays(np.float32, (1, 3 * HOP), elements=st.floats(width=32, allow_nan=True, allow_infinity=True)))
 def test_hostile_input_gives_finite_output(x: np.ndarray, ref: np.ndarray) -> None:
     y, _ = run_stage(stage(2), x, ref)
+    assert np.isfinite(y).all() and y.dtype == np.float32
+
+
+# --- suppress: neural (the learned residual-echo suppressor, real onnxruntime) --------------------------
+
+
+def test_neural_suppressor_removes_more_echo_than_the_linear_filter() -> None:
+    mic, far = echo_scene()
+    seg = slice(2 * RATE, mic.shape[1] - HOP)
+    lin, _ = run_stage(stage(suppress=False), mic, far)
+    neu, _ = run_stage(stage(suppress="neural"), mic, far)
+    gain = db(lin[0, seg]) - db(neu[0, seg])
+    assert gain >= 6.0, gain
+
+
+def test_neural_suppressor_keeps_a_user_talking_over_the_playback() -> None:
+    """Double talk: the user 6 dB under the echo. What the stage leaves of the user (its output less the
+    output of the same scene without the user) keeps most of the user's energy and shape."""
+    mic, far = echo_scene()
+    user = np.zeros_like(mic)
+    user[0, 3 * RATE:5 * RATE] = near_end(2 * RATE, db(mic[0]) - 6.0)
+    with_user, _ = run_stage(stage(suppress="neural"), mic + user, far)
+    without, _ = run_stage(stage(suppress="neural"), mic, far)
+    seg = slice(3 * RATE + HOP, 5 * RATE - HOP)
+    kept = with_user[0, seg] - without[0, seg]
+    u = user[0, seg]
+    corr = float(np.dot(kept, u) / np.sqrt(np.dot(kept, kept) * np.dot(u, u) + 1e-20))
+    assert corr > 0.7, corr
+    assert -6.0 < db(kept) - db(u) < 3.0, db(kept) - db(u)
+
+
+def test_neural_suppressor_recovers_from_a_model_that_returns_non_finite_values() -> None:
+    """The session is real; its output for some hops is replaced by NaN (as a broken model would give):
+    those hops pass the linear output, the state starts over, the output stays finite."""
+    mic, far = echo_scene(2.0)
+    s = stage(suppress="neural")
+    run_stage(s, mic[:, :RATE // 2], far[:, :RATE // 2])
+    eng = s._engine
+    assert eng is not None and eng.neural is not None  # type: ignore[union-attr]
+    sup = eng.neural  # type: ignore[union-attr]
+    real_run = sup._session.run
+    calls = 0
+
+    def flaky(names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        nonlocal calls
+        calls += 1
+        out = real_run(names, feeds)
+        if calls % 7 == 0:
+            out[0] = np.full_like(out[0], np.nan)
+        return out
+
+    sup._session = type("Flaky", (), {"run": staticmethod(flaky)})()
+    y, _ = run_stage(s, mic[:, RATE // 2:], far[:, RATE // 2:])
+    assert np.isfinite(y).all() and sup.failures >= 10
+
+
+@pytest.mark.parametrize(("params", "expect"), [
+    ({"suppress": "neural", "model": "/nonexistent/echo.onnx"}, "does not load"),
+    ({"suppress": "neural", "engine": "aec3"}, "needs engine speex"),
+    ({"model": "x.onnx"}, "model is for suppress: neural"),
+])
+def test_neural_suppressor_config_errors_are_one_line_at_the_stage(tmp_path: Path, params: dict[str, Any],
+                                                                   expect: str) -> None:
+    opts = "".join(f"\n    {k}: {v}" for k, v in params.items())
+    f = write(tmp_path, "capture:\n  type: file\n  path: x.wav\n  reference_channels: [1]\nchain:\n"
+                        f"  - stage: aec{opts}\n")
+    (line,) = config_error(f)
+    assert line.startswith(f"{f}:6: chain.0") and expect in line, line
+
+
+def test_a_denoiser_model_is_not_a_residual_echo_suppressor(tmp_path: Path) -> None:
+    from importlib import resources
+
+    denoiser = resources.files("voxd_denoise").joinpath("models/denoise.onnx")
+    f = write(tmp_path, "capture:\n  type: file\n  path: x.wav\n  reference_channels: [1]\nchain:\n"
+                        f"  - stage: aec\n    suppress: neural\n    model: {denoiser}\n")
+    (line,) = config_error(f)
+    assert "is not a residual-echo suppressor" in line, line
+
+
+@settings(max_examples=10, deadline=None)
+@given(arrays(np.float32, (2, 3 * HOP), elements=st.floats(width=32, allow_nan=True, allow_infinity=True)),
+       arrays(np.float32, (1, 3 * HOP), elements=st.floats(width=32, allow_nan=True, allow_infinity=True)))
+def test_neural_hostile_input_gives_finite_output(x: np.ndarray, ref: np.ndarray) -> None:
+    y, _ = run_stage(stage(2, suppress="neural"), x, ref)
     assert np.isfinite(y).all() and y.dtype == np.float32
 
 

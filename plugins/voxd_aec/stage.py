@@ -48,7 +48,7 @@ from voxd.frame import AudioFormat, Domain, Frame, finite_within, sanitized
 from voxd.side import AEC_ACTIVE, AEC_DELAY_MS, AEC_DOUBLETALK, AEC_ECHO_ONLY, AEC_ERLE_DB, AEC_REFERENCE
 from voxd.stage import FormatError, Stage, StageContext, StageParams
 
-from . import speex
+from . import residual, speex
 from .delay import DelayEstimator
 from .echogate import EchoGate
 
@@ -59,6 +59,9 @@ APM_DELAY = {8000: 88, 16000: 128, 32000: 260, 48000: 430}
 CLIP = 1.0
 #: input values beyond this (40 dB over full scale) or not finite are garbage: they become 0
 LIMIT = 100.0
+#: the echo gate's default margins (dB): the learned suppressor leaves less of the echo than SpeexDSP's,
+#: so a user further under the echo can still count as double talk (docs/echo.md)
+MARGIN_DB, NEURAL_MARGIN_DB = 10.0, 20.0
 ERLE_SMOOTH = 0.9  # per-hop forgetting factor of the ERLE's power averages
 
 
@@ -78,15 +81,20 @@ class AecParams(StageParams):
     tail_ms: float = Field(128.0, ge=10.0, le=1000.0,
                            description="engine speex: the adaptive filter's length (ms), the echo tail after "
                                        "the reference has been aligned")
-    suppress: bool = Field(True, description="engine speex: residual-echo suppressor after the linear filter")
+    suppress: bool | Literal["neural"] = Field(
+        True, description="engine speex: residual-echo suppressor after the linear filter: true "
+                          "(SpeexDSP's), 'neural' (the learned one, models/echo.onnx) or false (the linear "
+                          "filter alone)")
+    model: str | None = Field(None, description="suppress neural: path of an ONNX residual-echo suppressor "
+                                                "(default: the bundled model)")
     max_delay_ms: float = Field(400.0, ge=0.0, le=500.0,
                                 description="engine speex: the longest reference-to-echo delay searched (ms)")
-    echo_margin_db: float = Field(10.0, ge=0.0, le=60.0,
-                                  description="engine speex: a hop whose output is this far under the "
-                                              "canceller's echo estimate is echo only (aec.echo_only: a vad "
-                                              "after the stage reports no speech there); a user quieter "
-                                              "than the echo by more than this at the microphones cannot "
-                                              "barge in")
+    echo_margin_db: float | None = Field(
+        None, ge=0.0, le=60.0,
+        description="engine speex: a hop whose output is this far under the canceller's echo estimate is "
+                    "echo only (aec.echo_only: a vad after the stage reports no speech there); a user "
+                    "quieter than the echo by more than this at the microphones cannot barge in; default "
+                    "20 with suppress neural (its residue is lower), else 10")
     echo_attenuation_db: float = Field(0.0, ge=0.0, le=60.0,
                                        description="engine speex: hops that are echo only (aec.echo_only) "
                                                    "are attenuated this much more (dB; 0 = off), ramped "
@@ -95,8 +103,21 @@ class AecParams(StageParams):
                              description="engine speex: the reference is aligned this much before the "
                                          "estimated delay (ms), so the echo's onset stays inside the filter")
 
+    @property
+    def margin_db(self) -> float:
+        """The echo gate's margin (dB): ``echo_margin_db``, else the default for the suppressor."""
+        if self.echo_margin_db is not None:
+            return self.echo_margin_db
+        return NEURAL_MARGIN_DB if self.suppress == "neural" else MARGIN_DB
+
     @model_validator(mode="after")
     def _engine_installed(self) -> AecParams:
+        if self.model is not None and self.suppress != "neural":
+            raise ValueError("model is for suppress: neural")
+        if self.suppress == "neural":
+            if self.engine != "speex":
+                raise ValueError("suppress: neural needs engine speex (it works on SpeexDSP's linear output)")
+            residual.load_session(self.model)  # a missing or wrong model file is a config error
         if self.engine == "aec3" and importlib.util.find_spec(PACKAGE) is None:
             raise ValueError(f"engine aec3 needs the package {DIST}, which is not installed: "
                              f"pip install 'voxd[{EXTRA}]'")
@@ -153,13 +174,16 @@ class _Speex:
         # the estimator's block: a power of two above the longest lag (and at least 0.25 s)
         block = 1 << max(int(0.25 * rate), self.max_lag + 1).bit_length()
         self.est = DelayEstimator(block=block, max_lag=self.max_lag, early_window=int(0.03 * rate))
-        self.canceller = speex.SpeexCanceller(channels, refs, rate, hop, p.tail_ms, p.suppress)
-        self.delay_samples = self.canceller.delay_samples
+        self.canceller = speex.SpeexCanceller(channels, refs, rate, hop, p.tail_ms, p.suppress is True)
+        self.neural = residual.NeuralSuppressor(p.model, channels) if p.suppress == "neural" else None
+        self.delay_samples = hop if self.neural is not None else self.canceller.delay_samples
         self.shift = 0  # samples the reference is delayed by
         self.span = self.canceller.taps  # samples the adaptive filter spans
         self._line = np.zeros((refs, self.max_lag + hop), np.int16)  # the reference's recent past
+        #: the reference as the filter saw it in the last hop, int16 ``(refs, hop)`` (delayed by ``shift``)
+        self.aligned = np.zeros((refs, hop), np.int16)
         self.delay_estimate: float | None = 0.0
-        self.gate = EchoGate(rate, hop, lag=1 if p.suppress else 0, margin_db=p.echo_margin_db)
+        self.gate = EchoGate(rate, hop, lag=1 if self.delay_samples else 0, margin_db=p.margin_db)
         self.echo_only = self.doubletalk = False  # of the last frame processed
         self.floor_gain = np.float32(10.0 ** (-p.echo_attenuation_db / 20.0))
         self._gain = np.float32(1.0)  # the gain at the end of the last hop
@@ -185,13 +209,23 @@ class _Speex:
                     self.shift = max(0, d - self.margin)
                     self.canceller.reset()
                     self.gate.reset()
+                    if self.neural is not None:
+                        self.neural.reset()
             line[:, :-hop] = line[:, hop:]
             line[:, -hop:] = np.clip(r, -CLIP, CLIP) * 32767.0
             end = line.shape[1] - self.shift
             m16 = (np.clip(mic[:, start:start + hop], -CLIP, CLIP) * 32767.0).round().astype(np.int16)
-            y = self.canceller.process(m16, line[:, end - hop:end])
-            out[:, start:start + hop] = y / np.float32(32767.0)
-            only, both = self.gate.push(m16[0], self.canceller.linear[0], y[0], line[:, end - hop:end])
+            self.aligned[:] = line[:, end - hop:end]
+            y = self.canceller.process(m16, self.aligned)
+            if self.neural is None:
+                out[:, start:start + hop] = y / np.float32(32767.0)
+                y0: np.ndarray = y[0]
+            else:
+                lin = self.canceller.linear
+                est = np.clip(m16.astype(np.int32) - lin, -32768, 32767).astype(np.int16)
+                out[:, start:start + hop] = np.clip(self.neural.process(lin, est, self.aligned), -CLIP, CLIP)
+                y0 = out[0, start:start + hop] * np.float32(32767.0)
+            only, both = self.gate.push(m16[0], self.canceller.linear[0], y0, self.aligned)
             echo_only, doubletalk = echo_only and only, doubletalk or both
             target = self.floor_gain if only else np.float32(1.0)
             if target != 1.0 or self._gain != 1.0:
@@ -222,6 +256,8 @@ class Aec(Stage[AecParams]):
     def negotiate(self, fmt: AudioFormat) -> AudioFormat:
         if fmt.rate not in APM_DELAY:
             raise FormatError(f"aec runs at {', '.join(map(str, APM_DELAY))} Hz, got {fmt.rate} Hz")
+        if self.params.suppress == "neural" and fmt.rate != residual.RATE:
+            raise FormatError(f"aec with suppress: neural runs at {residual.RATE} Hz, got {fmt.rate} Hz")
         if fmt.frame % (fmt.rate // 100):
             raise FormatError(f"aec needs a hop of a whole number of 10 ms frames, got {fmt.frame} samples")
         return fmt
