@@ -59,6 +59,8 @@ BUDGET_FACTOR = 3.0
 STAGE_FACTOR = 4.0
 STAGE_SLACK_US = 20.0
 LF_HZ = 50.0  # ``lf_db``: below this frequency
+#: Seconds of the first item run untimed before the measured runs (the process's one-off costs).
+WARMUP_S = 1.0
 #: Items (``SET/ID`` in the dev set) per kind of input: mono configs, and each array geometry.
 MONO_ITEMS = ("mono/dm001", "mono/dm015")
 HAT_ITEMS = ("array/array-dev-006", "array/array-dev-012")
@@ -211,8 +213,15 @@ def measure(config: str | Path, items: tuple[str, ...], channels: tuple[int, ...
                  subtype="FLOAT")
         return str(out)
 
-    # untimed first run: what a process does once (imports, first model load) is not the chain's cost
-    process_file(loaded, as_captured(item_paths(items[0])[0]))
+    # untimed first run: what a process does once (imports, first model load) is not the chain's cost.
+    # The first WARMUP_S of the first item does all of that (a hundred chain frames and more), in the
+    # item's own file format
+    first = item_paths(items[0])[0]
+    info = sf.info(str(first))
+    head, rate = sf.read(str(first), frames=int(WARMUP_S * info.samplerate), dtype="float32", always_2d=True)
+    warmup = tmp / f"warmup-{first.name}"
+    sf.write(str(warmup), head, rate, format=info.format, subtype=info.subtype)
+    process_file(loaded, as_captured(warmup))
     has_doa = any(spec.kind == "doa" for spec in loaded.config.chain)
     rows: list[dict[str, float]] = []
     stage_p50: dict[str, list[float]] = {spec.name: [] for spec in loaded.config.chain}
