@@ -367,6 +367,12 @@ def test_fuzz_what_a_client_sends_never_stops_the_service(garbage: bytes) -> Non
     try:
         async def client_side() -> int:
             good = await _connect(server.bound)
+            # registered before the audio starts (else it gets none: a sleep of 50 ms was too short once,
+            # on a loaded machine)
+            for _ in range(2000):  # up to 10 s
+                if server.counters["connections"] >= 1:
+                    break
+                await asyncio.sleep(0.005)
             _r, bad = await asyncio.open_connection("127.0.0.1", int(server.bound.rsplit(":", 1)[1]))
             bad.write(garbage)
             await bad.drain()
