@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -28,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wyoming.audio import AudioChunk
@@ -352,6 +354,32 @@ def test_the_network_needs_allow_network(tmp_path: Path, voxd) -> None:  # type:
                   extra=", allow_network: true")
     r = voxd("check", str(cfg))
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("header", [{"type": "describe", "data_length": "x"}, ["a list"]])
+def test_a_malformed_header_is_one_warning_and_a_disconnect(header: object,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """Well-formed JSON the wyoming parser cannot use (a string length, not an object): the
+    client is disconnected with the service's one-line warning, not asyncio's unhandled-exception log."""
+    server = _serve()
+    try:
+        async def client_side() -> None:
+            _r, bad = await asyncio.open_connection("127.0.0.1", int(server.bound.rsplit(":", 1)[1]))
+            bad.write(json.dumps(header).encode() + b"\n")
+            await bad.drain()
+            for _ in range(400):  # up to 2 s for the server to drop it
+                if any("disconnected" in r.getMessage() for r in caplog.records):
+                    break
+                await asyncio.sleep(0.005)
+            bad.close()
+
+        with caplog.at_level(logging.WARNING):
+            asyncio.run(client_side())
+        msgs = [r.getMessage() for r in caplog.records]
+        assert any(m.startswith("wyoming: client") and "disconnected" in m for m in msgs), msgs
+        assert not any("Unhandled exception" in m for m in msgs), msgs
+    finally:
+        server.close()
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

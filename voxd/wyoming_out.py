@@ -248,8 +248,9 @@ class WyomingServer:
                     break
                 if Describe.is_type(event.type):
                     self._put(client, self._info().event(), urgent=True)
-        except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
-            # a client that sends garbage is disconnected; the stream and the other clients go on
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, asyncio.IncompleteReadError) as exc:
+            # a client that sends garbage (bad JSON, fields of the wrong type: the wyoming parser raises
+            # any of these) is disconnected; the stream and the other clients go on
             log.warning("wyoming: client %s: %s; disconnected", client.name, exc)
         finally:
             self._remove(client)
