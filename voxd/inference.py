@@ -14,6 +14,15 @@ def model_bytes(path: str | None, package: str, bundled: str) -> bytes:
     return resources.files(package).joinpath(bundled).read_bytes()
 
 
+def state_size(session: Any) -> int:
+    """``S`` of a streaming model's ``state`` input ``(1, S)``: its shape, else the ``voxd.state_size``
+    metadata."""
+    shape = next(i.shape for i in session.get_inputs() if i.name == "state")
+    if len(shape) == 2 and isinstance(shape[1], int):
+        return int(shape[1])
+    return int(session.get_modelmeta().custom_metadata_map["voxd.state_size"])
+
+
 def open_session(model: bytes) -> Any:  # -> onnxruntime.InferenceSession
     """An onnxruntime session on the serialized ONNX ``model``: CPU, one intra-op and one inter-op
     thread, sequential (the daemon's worker thread is the only caller; more threads only contend)."""

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from voxd.inference import model_bytes, open_session
+from voxd.inference import model_bytes, open_session, state_size
 from voxd.stft import StftAnalysis, StftSynthesis
 
 MODEL = "models/echo.onnx"
@@ -52,13 +52,6 @@ def load_session(path: str | None) -> Any:
     return session
 
 
-def _state_size(session: Any) -> int:
-    shape = next(i.shape for i in session.get_inputs() if i.name == "state")
-    if len(shape) == 2 and isinstance(shape[1], int):
-        return int(shape[1])
-    return int(session.get_modelmeta().custom_metadata_map["voxd.state_size"])
-
-
 class NeuralSuppressor:
     """The model for ``channels`` microphone channels (one recurrent state each), hop by hop.
 
@@ -68,7 +61,7 @@ class NeuralSuppressor:
     def __init__(self, path: str | None, channels: int) -> None:
         self._session = load_session(path)
         self.channels = channels
-        self._states = np.zeros((channels, 1, _state_size(self._session)), np.float32)
+        self._states = np.zeros((channels, 1, state_size(self._session)), np.float32)
         self._ana = StftAnalysis(2 * channels + 1, N_FFT, HOP)  # lin (C), est (C), ref (1)
         self._syn = StftSynthesis(channels, N_FFT, HOP)
         self._x = np.zeros((2 * channels + 1, HOP), np.float32)

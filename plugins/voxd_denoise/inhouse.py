@@ -8,10 +8,9 @@ its recurrent state, and returns the enhanced spectrum of the same hop and the n
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
+from voxd.inference import state_size
 from voxd_denoise.session import model_bytes, open_session
 
 MODEL = "models/denoise.onnx"
@@ -19,14 +18,6 @@ RATE, N_FFT = 16000, 320
 BINS = N_FFT // 2 + 1
 #: the outputs the stage reads, by name: a model may have more (v2 adds the per-bin ``gain``)
 OUTPUTS = ["enh", "state_out"]
-
-
-def state_size(session: Any) -> int:
-    """``S`` of the model's ``state`` input ``(1, S)``: its shape, else the ``voxd.state_size`` metadata."""
-    shape = next(i.shape for i in session.get_inputs() if i.name == "state")
-    if len(shape) == 2 and isinstance(shape[1], int):
-        return int(shape[1])
-    return int(session.get_modelmeta().custom_metadata_map["voxd.state_size"])
 
 
 class InHouseModel:
