@@ -205,3 +205,55 @@ def test_chain_with_post_filter_builds_and_requirements_are_checked() -> None:
                                      "  - {stage: beamform, method: delay_and_sum, azimuth_deg: 0}\n",
                                      "bf.yaml"), 4)
     assert "4 microphone positions" in str(err.value)
+
+
+def test_mask_mode_learns_the_target_under_a_continuous_interferer() -> None:
+    """``mask: denoise``: a louder point interferer is present in every frame (a VAD would call every
+    frame speech); the per-bin gain marks where the target is. The stage learns the target's arbitrary
+    transfer function from the masked bins and the interferer from the rest: the target passes as the
+    reference mic heard it and the interferer drops by far more than the reference mic's level."""
+    rng = np.random.default_rng(8)
+    pos = preset_positions("respeaker-4mic-hat")
+    m = len(pos)
+    def mismatch(scale: float) -> np.ndarray:
+        return 1 + scale * (rng.standard_normal((BINS, m)) + 1j * rng.standard_normal((BINS, m)))
+
+    h = plane_wave(pos, 30.0) * mismatch(0.5)  # target: an arbitrary (reverberant-like) transfer
+    g = plane_wave(pos, 200.0) * mismatch(0.3)  # interferer
+    stage = make_stage(pos, method="mvdr", steering="rtf", mask="denoise", loading=0.01)
+    t_err, i_gain = [], []
+    for i in range(600):
+        on = rng.random(BINS) < 0.5  # the target occupies half of the bins of each frame
+        s = (rng.standard_normal(BINS) + 1j * rng.standard_normal(BINS)) * on * 3.0
+        q = rng.standard_normal(BINS) + 1j * rng.standard_normal(BINS)
+        n = 0.01 * (rng.standard_normal((BINS, m)) + 1j * rng.standard_normal((BINS, m)))
+        x = h * s[:, None] + g * q[:, None] + n
+        gain = np.where(on, 0.9, 0.05).astype(np.float32)[None]
+        w_out = stage.process(frame(x.T, i, **{"denoise.gain": gain})).spec[0]  # type: ignore[index]
+        w = stage._w  # the weights of this frame: apply them to each component alone
+        if i >= 500:
+            y_t = np.einsum("fm,fm->f", w.conj(), h * s[:, None])
+            y_i = np.einsum("fm,fm->f", w.conj(), g * q[:, None])
+            t_err.append(np.sum(np.abs(y_t - h[:, 0] * s) ** 2) / np.sum(np.abs(h[:, 0] * s) ** 2))
+            i_gain.append(np.sum(np.abs(y_i) ** 2) / np.sum(np.abs(g[:, 0] * q) ** 2))
+            assert np.isfinite(w_out).all()
+    assert 10 * np.log10(np.mean(t_err)) < -15  # the target as the reference mic heard it
+    assert 10 * np.log10(np.mean(i_gain)) < -15  # the interferer suppressed
+
+
+def test_mask_mode_needs_a_gain_and_survives_a_bad_one() -> None:
+    with pytest.raises(ConfigError) as err:
+        build_chain(load_config_text(CHAIN + "  - {stage: vad}\n  - {stage: beamform, mask: denoise}\n",
+                                     "bf.yaml"), 4)
+    assert "denoise.gain" in str(err.value)
+    chain = build_chain(load_config_text(CHAIN + "  - {stage: denoise, channels: [0], apply: false}\n"
+                                         "  - {stage: beamform, mask: denoise}\n", "bf.yaml"), 4)
+    assert chain.out_format.channels == 1
+    rng = np.random.default_rng(9)
+    pos = preset_positions("respeaker-6mic")
+    stage = make_stage(pos, method="mvdr", steering="rtf", mask="denoise", rtf_min_s=0.0)
+    for i, gain in enumerate([np.full((1, BINS), np.nan, np.float32), None, np.full((2, 7), 0.5, np.float32),
+                              np.full((1, BINS), 0.9, np.float32), np.full((2, BINS), np.inf, np.float32)]):
+        side = {} if gain is None else {"denoise.gain": gain}
+        out = stage.process(frame(random_spec(rng, len(pos)), i, **side))
+        assert np.isfinite(out.spec).all() and np.isfinite(out.side["noise.psd"]).all()  # type: ignore[union-attr]

@@ -270,3 +270,49 @@ def test_gain_side_value_is_the_effective_gain_per_bin():
         # the signal is on/off every 0.4 s: the mean gain of voiced frames exceeds that of the others
         voiced = np.abs(xin[:, 0, 5:40]).mean(axis=1) > 0.1 * np.abs(xin[:, 0, 5:40]).mean(axis=1).max()
         assert g[voiced, 0, 5:40].mean() > g[~voiced, 0, 5:40].mean() + 0.1
+
+
+def test_channels_and_apply_false_estimate_the_gain_without_touching_the_spectra():
+    """``channels: [1]``: the model runs on channel 1 only (its spectra equal a one-channel chain's on
+    that channel), the other channel passes bit for bit, ``denoise.gain`` has one row; with ``apply:
+    false`` every channel passes unchanged and the gain is the same as when applied."""
+    from voxd.side import DENOISE_GAIN
+
+    x = np.concatenate([noise(RATE, -30, seed=3), speechlike(RATE) + noise(RATE, -40, seed=4)])
+    single = spectra(build("chain:\n  - stage: denoise\n"), x[1:])
+    runs = {}
+    for apply in (True, False):
+        chain = build(f"chain:\n  - stage: denoise\n    channels: [1]\n    apply: {str(apply).lower()}\n",
+                      channels=2)
+        node = next(n for n in chain.nodes if n.name == "denoise")
+        ins, outs, gains = [], [], []
+        orig = node.process
+
+        def tap(frame, orig=orig, ins=ins, outs=outs, gains=gains):
+            f = orig(frame)
+            ins.append(frame.spec.copy())
+            outs.append(f.spec.copy())
+            gains.append(f.side[DENOISE_GAIN].copy())
+            return f
+
+        node.process = tap
+        for i in range(x.shape[1] // HOP):
+            chain.process(Frame(np.ascontiguousarray(x[:, i * HOP : (i + 1) * HOP]), i, i * HOP, 0.0, RATE))
+        runs[apply] = (np.stack(ins), np.stack(outs), np.stack(gains))
+    xin, y, g = runs[True]
+    assert g.shape == (x.shape[1] // HOP, 1, BINS)
+    np.testing.assert_array_equal(y[:, 0], xin[:, 0])  # channel 0 untouched
+    np.testing.assert_allclose(y[:, 1], single[:, 0], atol=1e-6)  # channel 1 as a one-channel run
+    assert not np.allclose(y[:, 1], xin[:, 1])  # ... which did change it
+    xin2, y2, g2 = runs[False]
+    np.testing.assert_array_equal(y2, xin2)  # estimate only: nothing changes
+    np.testing.assert_allclose(g2, g, atol=1e-6)
+
+
+def test_channels_out_of_range_or_repeated_is_a_config_error():
+    for chans, match in (("[0, 2]", r"channels \[2\] are not among the input's 2 channels"),
+                         ("[1, 1]", "distinct"), ("[]", "channels")):
+        with pytest.raises(ConfigError, match=match):
+            build(f"chain:\n  - stage: denoise\n    channels: {chans}\n", channels=2)
+    with pytest.raises(ConfigError, match="apply only applies to engine voxd"):
+        build("chain:\n  - stage: denoise\n    engine: gtcrn\n    apply: false\n")

@@ -56,6 +56,8 @@ CHAINS: dict[str, str] = {
     "spectral_subtraction": "[{stage: vad}, {stage: noise}, {stage: spectral_subtraction}]",
     "doa": "[{stage: vad}, {stage: noise}, {stage: doa}]",
     "beamform-mvdr": "[{stage: vad}, {stage: noise}, {stage: doa}, {stage: beamform}, {stage: wiener}]",
+    "beamform-mask": "[{stage: denoise, channels: [0], apply: false}, {stage: beamform, mask: denoise}, "
+                     "{stage: wiener}]",
     "beamform-das": "[{stage: vad}, {stage: noise}, {stage: doa}, {stage: beamform, method: delay_and_sum}]",
     "agc": "[{stage: vad}, {stage: agc}]",
     "agc-gate": "[{stage: agc, vad: false}]",

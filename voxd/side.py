@@ -181,8 +181,9 @@ AGC_GAIN_DB = declare(
 DENOISE_GAIN = declare(
     "denoise.gain", dtype="float32", shape="(channels, bins)", unit="linear magnitude gain 0..1", wire=False,
     provider="denoise (engine voxd)",
-    description="the denoiser's effective gain per channel and bin: output over input magnitude "
-                "(attenuation limit and mix included), clipped to 1; a speech presence cue for later stages")
+    description="the denoiser's effective gain per channel it runs on (its `channels`, all by default) "
+                "and bin: output over input magnitude (attenuation limit and mix included), clipped to 1; "
+                "a speech presence cue for later stages (the beamformer's `mask: denoise`)")
 AEC_REFERENCE = declare(
     "aec.reference", dtype="float32", shape="(ref_channels, samples)", unit="full scale", wire=False,
     provider="pipeline (capture.reference_channels)",

@@ -26,6 +26,17 @@ Methods, per frequency bin ``f`` with the ``M``-channel spectrum ``x`` ``(M,)`` 
   instead cost 0.4 dB SI-SDR on dev/array). ``steering: doa`` uses ``doa_deg`` (or ``azimuth_deg``),
   and the reference microphone alone while neither is known.
 
+Mask-driven statistics (``mask: denoise``, mvdr only): instead of whole VAD frames and the ``noise``
+stage's covariance, the per-bin gain ``g`` (0..1) of an earlier ``denoise`` stage (``denoise.gain``;
+the mean over the channels it ran on, typically ``{stage: denoise, channels: [0], apply: false}``: the
+model on the reference mic, spectra untouched) weights every frame: ``g ** mask_power`` into the speech
+covariance (time constant ``rtf_s``), ``1 - g`` into the stage's own noise covariance (``noise_s``, an
+average normalised by its weights, so ``noise.psd`` for a post-filter keeps its units). A bin the
+denoiser removes (music, a fan) then teaches the noise statistics while the talker speaks, and the
+VAD's late onsets no longer put the first words into the noise. ``rtf_min_s`` counts frames in which
+some bin has ``g >= 0.5``. Measured on ``dev/array`` and on the tuning set of ``bench/arrayset.py``
+in ``docs/array.md``.
+
 Both normalise to the reference microphone: for the target, the output is what ``ref_mic`` would have
 recorded without noise (distortionless), so level and timbre match that mic.
 
@@ -57,6 +68,7 @@ import numpy as np
 from pydantic import Field
 
 from voxd.frame import AudioFormat, Domain, Frame
+from voxd.side import DENOISE_GAIN as GAIN
 from voxd.side import DOA_DEG as DOA
 from voxd.side import NOISE_COV as COV
 from voxd.side import NOISE_PSD as PSD
@@ -88,6 +100,15 @@ class BeamformParams(StageParams):
     update_every: int = Field(1, ge=1, le=100, description="mvdr: invert the loaded noise covariance "
                                                            "every k-th frame (the RTF and weights follow "
                                                            "every frame)")
+    mask: Literal["vad", "denoise"] = Field(
+        "vad", description="mvdr: what drives the spatial statistics: 'vad' (speech frames -> speech "
+                           "covariance; noise.cov of the noise stage) or 'denoise' (the per-bin gain "
+                           "denoise.gain of an earlier denoise stage weights every frame into both)")
+    mask_power: float = Field(3.0, ge=0.5, le=16, description="mask denoise: the speech covariance weight "
+                                                              "is gain ** mask_power (higher: only bins "
+                                                              "the denoiser keeps nearly whole)")
+    noise_s: float = Field(3.0, gt=0, le=60, description="mask denoise: time constant of the mask-weighted "
+                                                         "noise covariance (s)")
 
 
 class Beamformer(Stage[BeamformParams]):
@@ -100,7 +121,9 @@ class Beamformer(Stage[BeamformParams]):
     @classmethod
     def required_keys(cls, params: BeamformParams) -> tuple[str, ...]:
         keys: list[str] = []
-        if params.method == "mvdr":
+        if params.method == "mvdr" and params.mask == "denoise":
+            keys.append(GAIN)
+        elif params.method == "mvdr":
             keys.append(COV)
             if params.steering == "rtf":
                 keys.append(SPEECH)
@@ -133,6 +156,8 @@ class Beamformer(Stage[BeamformParams]):
         self._rtf_keep = float(np.exp(-fmt.frame_s / self.params.rtf_s))
         self._rtf_min = int(np.ceil(self.params.rtf_min_s / fmt.frame_s))
         self._rtf_mode = self.params.method == "mvdr" and self.params.steering == "rtf"
+        self._mask_mode = self.params.method == "mvdr" and self.params.mask == "denoise"
+        self._noise_keep = float(np.exp(-fmt.frame_s / self.params.noise_s))
         self._steer_az: float | None = None
         self._ref_steer = self._ref_only()
         self._steer_d = self._ref_steer
@@ -141,7 +166,9 @@ class Beamformer(Stage[BeamformParams]):
     def reset(self) -> None:
         m, bins = self._m, self._bins
         self._rx = np.zeros((bins, m, m), np.complex128)
-        self._speech_frames = 0
+        self._speech_frames = 0.0  # speech seen, in frames (mask mode: the mean speech weight summed)
+        self._rn = np.zeros((bins, m, m), np.complex128)  # mask mode: the weighted noise covariance
+        self._rn_w = np.zeros(bins)  # ... and its weights' running sum (for an unbiased average)
         self._v = np.ones((bins, m, 1), np.complex128) / np.sqrt(m)  # power-iteration state
         self._w = self._ref_steer
         self._w_dir: np.ndarray | None = None
@@ -186,13 +213,13 @@ class Beamformer(Stage[BeamformParams]):
         # rtf steering never uses the far-field vector: until the RTF is learnt the reference mic passes
         # (measured on dev/array: steering from an early, still wrong doa_deg meanwhile cost 0.4 dB)
         d = self._ref_steer if self._rtf_mode else self._far_field(frame)
-        rn = frame.side.get(COV)
+        rn = self._masked_statistics(x, frame) if self._mask_mode else frame.side.get(COV)
         if self.params.method == "delay_and_sum":
             if d is not self._w_dir:  # weights follow the direction only
                 self._w_dir, self._w = d, (d if d is self._ref_steer else d / self._m)
                 self._psd = None
         else:
-            if self.params.steering == "rtf" and frame.side.get(SPEECH, False):
+            if self.params.steering == "rtf" and not self._mask_mode and frame.side.get(SPEECH, False):
                 outer = x[:, :, None] * x.conj()[:, None, :]
                 rx = self._rx
                 rx -= outer
@@ -211,6 +238,40 @@ class Beamformer(Stage[BeamformParams]):
         if self._psd is None:
             self._psd = self._residual(w, rn)
         return frame.with_spec(y, **self._psd)
+
+    def _masked_statistics(self, x: np.ndarray, frame: Frame) -> np.ndarray:
+        """Mask mode: fold this frame's ``x`` ``(bins, M)`` into the speech and noise covariances with
+        the weights ``g ** mask_power`` and ``1 - g`` of the denoiser's per-bin gain ``g`` (mean over the
+        channels it ran on); returns the noise covariance ``(bins, M, M)`` (a weighted average).
+
+        Every frame counts, not only the VAD's speech frames: a bin the denoiser removes (music, a
+        fan) teaches the noise statistics even while the talker speaks, and a bin it keeps whole teaches
+        the speech statistics even in a frame the VAD calls noise (its onsets come late).
+        """
+        g = frame.side.get(GAIN)
+        if g is None or np.shape(g)[-1] != self._bins:  # no gain this frame: all noise, nothing learnt
+            m = np.zeros(self._bins)
+        else:
+            g = np.asarray(g, np.float64).reshape(-1, self._bins)
+            m = np.clip(np.nan_to_num(g.mean(axis=0), nan=0.0), 0.0, 1.0)
+        ws = m ** self.params.mask_power
+        outer = x[:, :, None] * x.conj()[:, None, :]
+        keep = self._rtf_keep
+        rx = self._rx  # R <- keep R + (1 - keep) w x x^H, written R = o + keep (R - o) with o = w x x^H
+        o = ws[:, None, None] * outer
+        rx -= o
+        rx *= keep
+        rx += o
+        keep = self._noise_keep
+        wn = 1.0 - m
+        o = wn[:, None, None] * outer
+        rn = self._rn
+        rn -= o
+        rn *= keep
+        rn += o
+        self._rn_w = keep * self._rn_w + (1.0 - keep) * wn
+        self._speech_frames += float(m.max() >= 0.5)  # a frame with a bin the denoiser keeps: some speech
+        return rn / np.maximum(self._rn_w, 1e-12)[:, None, None]
 
     def _mvdr(self, rn: np.ndarray, d: np.ndarray, refresh: bool) -> np.ndarray:
         """MVDR weights ``(bins, M)`` for noise covariance ``rn`` ``(bins, M, M)`` and far-field ``d``.
@@ -271,7 +332,8 @@ class Beamformer(Stage[BeamformParams]):
         den = np.real(np.einsum("fm,fm->f", vv.conj(), rv))
         href = rv[:, self._ref]
         ok = (den > 1e-30) & (np.abs(href) > 1e-30)
-        return vv * (href.conj() / np.where(ok, den, np.nan))[:, None]
+        with np.errstate(invalid="ignore", divide="ignore"):  # NaN rows are the fallback's signal
+            return vv * (href.conj() / np.where(ok, den, np.nan))[:, None]
 
     def _residual(self, w: np.ndarray, rn: np.ndarray | None) -> dict[str, np.ndarray]:
         """``noise.psd`` (1, bins) and ``noise.cov`` (bins, 1, 1) at the output: ``w^H R_n w``."""

@@ -60,7 +60,8 @@ TIME_ENGINES: dict[str, type[Any]] = {"dfn3": dfn3.Dfn3, "rnnoise": rnnoise.Rnno
 PACKAGES = {"dfn3": (dfn3.PACKAGE, dfn3.DIST, dfn3.EXTRA),
             "rnnoise": (rnnoise.PACKAGE, rnnoise.DIST, rnnoise.EXTRA)}
 #: parameters that only some engines take
-ENGINE_ONLY = {"model": ("voxd", "gtcrn"), "post_filter_beta": ("dfn3",), "resampler": ("dfn3", "rnnoise")}
+ENGINE_ONLY = {"channels": ("voxd",), "apply": ("voxd",), "model": ("voxd", "gtcrn"),
+               "post_filter_beta": ("dfn3",), "resampler": ("dfn3", "rnnoise")}
 
 
 class DenoiseParams(StageParams):
@@ -78,6 +79,13 @@ class DenoiseParams(StageParams):
                                                 "interface; default: the bundled model")
     post_filter_beta: float = Field(0.0, ge=0.0, le=1.0, description="dfn3: DeepFilterNet's post-filter "
                                     "strength (0 = off; its authors suggest about 0.02)")
+    channels: list[int] | None = Field(
+        None, min_length=1, description="voxd: the channels the model runs on (indices; null: all); the "
+                                        "others pass unchanged; denoise.gain has one row per listed "
+                                        "channel")
+    apply: bool = Field(True, description="voxd: false = estimate only: every channel passes unchanged and "
+                                          "denoise.gain is the speech-presence cue for later stages (the "
+                                          "array's mask-driven beamformer)")
     resampler: Literal["fir", "soxr"] = Field(
         "fir", description="dfn3, rnnoise (48 kHz engines): 'fir' (a 3 ms linear-phase FIR there and back) "
         "or 'soxr' (soxr VHQ as offline tools use: the same output as theirs, 150 ms more delay)")
@@ -89,6 +97,13 @@ class DenoiseParams(StageParams):
             why = "does not exist" if not os.path.exists(path) else "is not a readable file"
             raise ValueError(f"model file {path!r} {why}")
         return path
+
+    @field_validator("channels")
+    @classmethod
+    def _distinct(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (len(set(v)) != len(v) or min(v) < 0):
+            raise ValueError(f"channels must be distinct channel indices >= 0, got {v}")
+        return v
 
     @model_validator(mode="after")
     def _engine_fits(self) -> DenoiseParams:
@@ -149,6 +164,9 @@ class Denoise(Stage[DenoiseParams]):
 
     def negotiate(self, fmt: AudioFormat) -> AudioFormat:
         engine = self.params.engine
+        bad = [c for c in self.params.channels or () if c >= fmt.channels]
+        if bad:
+            raise FormatError(f"channels {bad} are not among the input's {fmt.channels} channels")
         if engine == "voxd":
             if fmt.domain is not Domain.SPECTRAL or fmt.rate != RATE or fmt.n_fft != N_FFT:
                 raise FormatError(f"denoise needs the spectral domain at {RATE} Hz with n_fft {N_FFT} "
@@ -173,6 +191,8 @@ class Denoise(Stage[DenoiseParams]):
         p = self.params
         self._model: InHouseModel | None = None
         self._runner: FramedRunner | None = None
+        self._rows = list(range(fmt.channels)) if p.channels is None else list(p.channels)
+        self._all = self._rows == list(range(fmt.channels))
         if p.engine == "voxd":
             self._floor = np.float32(10.0 ** (-p.attenuation_limit_db / 20.0))
             self._wet = np.float32(p.mix)
@@ -185,7 +205,7 @@ class Denoise(Stage[DenoiseParams]):
             self._dry_line = DelayLine(fmt.channels, self._delay, fmt.frame)
         try:
             if p.engine == "voxd":
-                self._model = InHouseModel(p.model, fmt.channels)
+                self._model = InHouseModel(p.model, len(self._rows))
             else:
                 self._runner = FramedRunner(self._engine_factory(), fmt.channels, fmt.rate, fmt.frame,
                                             p.resampler)
@@ -233,15 +253,16 @@ class Denoise(Stage[DenoiseParams]):
         spec = frame.spec
         assert spec is not None
         # sanitising only when needed: nan_to_num on every frame costs more than the check
-        x = spec if np.isfinite(spec).all() else np.nan_to_num(spec, nan=0.0, posinf=0.0, neginf=0.0)
-        x = x.astype(np.complex64, copy=False)
+        full = spec if np.isfinite(spec).all() else np.nan_to_num(spec, nan=0.0, posinf=0.0, neginf=0.0)
+        full = full.astype(np.complex64, copy=False)
+        x = full if self._all else full[self._rows]
         if self.failed is not None or self._model is None:
-            return frame.with_spec(x, **{DENOISE_GAIN: np.ones(x.shape, np.float32)})
+            return frame.with_spec(full, **{DENOISE_GAIN: np.ones(x.shape, np.float32)})
         try:
             enh = self._model.enhance(x)
         except Exception as exc:
             self._fail(frame.pts, exc)
-            return frame.with_spec(x, **{DENOISE_GAIN: np.ones(x.shape, np.float32)})
+            return frame.with_spec(full, **{DENOISE_GAIN: np.ones(x.shape, np.float32)})
         # attenuation limit: |enh / x| >= floor, the gain's phase kept
         mag_x, mag_e = np.abs(x), np.abs(enh)
         low = mag_e < self._floor * mag_x
@@ -253,6 +274,12 @@ class Denoise(Stage[DenoiseParams]):
         # finite by construction: x was sanitised, the model's output checked, the limit and mix
         # only scale finite values (divisions are by max(|enh|, TINY))
         gain = np.minimum(np.abs(enh) / np.maximum(mag_x, TINY), 1.0).astype(np.float32)
+        if not self.params.apply:
+            return frame.with_spec(full, **{DENOISE_GAIN: gain})
+        if not self._all:
+            out = full.copy()
+            out[self._rows] = enh
+            enh = out
         return frame.with_spec(enh.astype(np.complex64, copy=False), **{DENOISE_GAIN: gain})
 
     def reset(self) -> None:
