@@ -16,8 +16,8 @@ Per room (:func:`draw_room`, :func:`simulate_room`), at 16 kHz:
   and ISM order from ``pra.inverse_sabine`` (as ``bench/arrayset.py``; a room whose Sabine absorption
   would exceed 0.8 is redrawn), spread over the six surfaces by random weights 0.6 .. 1.3 (area-weighted
   mean kept), then calibrated on the target -> mic-0 RIR (at most :data:`CAL_ITERS` single-pair
-  simulations, ``e <- 1 - (1 - e)^(measured / design)``) until its Schroeder T30 is within 5 % of the
-  design; ``rt60`` is the T30 measured on the final target -> mic-0 RIR.
+  simulations, Eyring-style updates, :func:`calibrate`) until its Schroeder T30 is within 5 % of the
+  design (else the closest tried); ``rt60`` is the T30 measured on the final target -> mic-0 RIR.
 - **sources** (9 per room, in this order; all >= 0.3 m from the walls unless said otherwise):
   ``0`` the **target**, 0.5 .. 4 m from the array centre, mouth at a seated (1.1 .. 1.3 m, p 0.6) or
   standing (1.5 .. 1.8 m) height, >= 0.3 m from the array horizontally; ``1, 2`` two **interferers**,
@@ -111,7 +111,7 @@ T_CAP_S = 1.0  # RIRs are cut at 1.0 s at most
 DECAY_DB = 60.0  # ... or where the energy decay curve has fallen by 60 dB
 EXACT_S = 0.2  # images arriving within 0.2 s of the first get pyroomacoustics' 81-tap fractional delay
 FDL_LATE = 21  # ... later ones a 21-tap one
-CAL_ITERS = 3  # at most this many single-pair calibration simulations
+CAL_ITERS = 4  # at most this many single-pair calibration simulations
 CAL_TOL = 0.05  # calibrated when the measured T30 is within 5 % of the design
 PRA_OFFSET = pra.constants.get("frac_delay_length") // 2  # 40
 C = float(pra.constants.get("c"))  # 343 m/s, as voxd.geometry.SPEED_OF_SOUND
@@ -186,7 +186,10 @@ def draw_room(rng: np.random.Generator, index: int) -> RoomPlan:
     lo, hi = np.array(ROOM_MIN), np.array(ROOM_MAX)
     for _ in range(200):
         dims = np.round(rng.uniform(lo, hi), 3)
-        if pra.inverse_sabine(rt60, list(dims))[0] > MAX_ABSORPTION:
+        try:
+            if pra.inverse_sabine(rt60, list(dims))[0] > MAX_ABSORPTION:
+                continue
+        except ValueError:  # pyroomacoustics: absorption > 1 needed
             continue
         u = rng.uniform()
         if u < 0.45:
@@ -377,16 +380,28 @@ def measure_rt60(h: np.ndarray) -> float:
 
 
 def calibrate(p: RoomPlan) -> tuple[float, int]:
-    """Mean absorption whose target -> mic-0 T30 is within :data:`CAL_TOL` of the design RT60 (or the
-    last of :data:`CAL_ITERS` Eyring-style updates), and the ISM order. Returns (absorption, order)."""
+    """Mean absorption whose target -> mic-0 T30 is within :data:`CAL_TOL` of the design RT60, and the
+    ISM order. Sabine's absorption first, then at most :data:`CAL_ITERS` - 1 updates on
+    ``x = ln(-ln(1 - e))`` (Eyring: ``ln T`` falls with slope -1 in ``x``; a secant slope once two points
+    are known); the T30 of an ISM room is not smooth in ``e`` (flutter in narrow dead rooms), so the best
+    of the tried absorptions is kept. Returns (absorption, order)."""
     e, order = pra.inverse_sabine(p.rt60_design, list(p.dims))
+    tried: list[tuple[float, float, float]] = []  # (x, ln(measured / design), e)
     for _ in range(CAL_ITERS):
         h = simulate(p.dims, e, p.weights, order, p.sources[:1], p.mics[:1])[0][0]
-        measured = measure_rt60(h)
-        if abs(measured / p.rt60_design - 1) <= CAL_TOL:
+        y = math.log(measure_rt60(h) / p.rt60_design)
+        x = math.log(-math.log(1 - e))
+        tried.append((x, y, e))
+        if abs(y) <= math.log(1 + CAL_TOL):
             break
-        e = float(np.clip(1 - (1 - e) ** (measured / p.rt60_design), 0.02, 0.95))
-    return float(e), int(order)
+        slope = -1.0
+        if len(tried) >= 2:
+            (x0, y0, _), (x1, y1, _) = tried[-2], tried[-1]
+            if x1 != x0 and -3.0 <= (y1 - y0) / (x1 - x0) <= -0.3:
+                slope = (y1 - y0) / (x1 - x0)
+        e = float(np.clip(1 - math.exp(-math.exp(x - y / slope)), 0.02, 0.95))
+    best = min(tried, key=lambda t: abs(t[1]))
+    return float(best[2]), int(order)
 
 
 def decay_length(h: np.ndarray, decay_db: float = DECAY_DB, cap: int = round(T_CAP_S * FS)) -> int:
