@@ -185,12 +185,15 @@ def draw_room(rng: np.random.Generator, index: int) -> RoomPlan:
     mic_rel = rotate_z(local, yaw)
     lo, hi = np.array(ROOM_MIN), np.array(ROOM_MAX)
     for _ in range(200):
-        dims = np.round(rng.uniform(lo, hi), 3)
-        try:
-            if pra.inverse_sabine(rt60, list(dims))[0] > MAX_ABSORPTION:
-                continue
-        except ValueError:  # pyroomacoustics: absorption > 1 needed
-            continue
+        for _ in range(20000):  # a dead room must be small: at RT60 0.1 s, 0.2 % of the draws fit
+            dims = np.round(rng.uniform(lo, hi), 3)
+            try:
+                if pra.inverse_sabine(rt60, list(dims))[0] <= MAX_ABSORPTION:
+                    break
+            except ValueError:  # pyroomacoustics: absorption > 1 needed
+                pass
+        else:
+            raise RuntimeError(f"room {index}: no room size for RT60 {rt60:.3f} s")
         u = rng.uniform()
         if u < 0.45:
             placement = "table"
