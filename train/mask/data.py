@@ -10,7 +10,9 @@ Self-check and timing (``--check``; builds a few batches per geometry from both 
     /work/voxd-train/venv/bin/python train/mask/data.py --check
 
 Batch ``k`` is a pure function of ``(seed, k)`` (``numpy.random.default_rng([seed, k])``, as
-``train/denoise/data.py``), whatever came before; one geometry per batch (the mic count differs).
+``train/denoise/data.py``), whatever came before, for a given bank (rooms are drawn from the rooms
+loaded: a bank still being built gives other batches once it grows); one geometry per batch (the mic
+count differs).
 Audio: the prepared speech/noise pools of ``train/denoise/prepare_data.py`` (``DATA/audio/
 {speech,noise}_{split}.f32`` memory-mapped, ``index.json``); rooms: the RIR bank of ``rirs.py``
 (``RIRS/{split}/*.npz``: the validation split uses the validation rooms, a separate seed stream).
@@ -554,7 +556,10 @@ class ArrayMixtures:
         selfn = rng.standard_normal((m, n), dtype=np.float32)
         # levels at mic 0
         lv = active_level_db(image[0])
-        g_t = np.float32(10 ** ((level - lv) / 20)) if lv > -200 else np.float32(1.0)
+        g_t = 10 ** ((level - lv) / 20) if lv > -200 else 1.0
+        if lv > -200:  # P.56 is not exactly scale-invariant (absolute thresholds): one correction
+            g_t *= 10 ** ((level - active_level_db(image[0] * np.float32(g_t))) / 20)
+        g_t = np.float32(g_t)
         dry, image, early = dry * g_t, image * g_t, early * g_t
         p_s = 10 ** (level / 10)
         if kind != "none":
@@ -646,7 +651,7 @@ def self_check(data: Path, rirs: Path, batches: int = 3) -> int:
                 sc = 10 ** (b["gain_db"][i] / 10)
                 p_s = 10 ** (b["level_dbfs"][i] / 10) * sc
                 lv = active_level_db(b["target"][i, 0])
-                check(abs(lv - (b["level_dbfs"][i] + b["gain_db"][i])) < 0.1,
+                check(abs(lv - (b["level_dbfs"][i] + b["gain_db"][i])) < 0.1 + abs(b["gain_db"][i]) / 10,
                       f"{split} {k}/{i} level {lv:.2f} vs {b['level_dbfs'][i] + b['gain_db'][i]:.2f}")
                 want = p_s * (10 ** (-b["snr_db"][i] / 10) + 10 ** (-b["sir_db"][i] / 10)) \
                     + 10 ** (b["self_noise_dbfs"][i] / 10) * sc  # fmt: skip
