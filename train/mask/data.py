@@ -368,7 +368,7 @@ def _npz_member(path: Path, name: str) -> np.ndarray:
 class RirBank:
     """The rooms of one split of ``rirs.py``'s bank (all its shards; one copy per room index)."""
 
-    def __init__(self, rir_dir: Path, split: str) -> None:
+    def __init__(self, rir_dir: Path, split: str, max_rooms: int | None = None) -> None:
         shards = sorted((Path(rir_dir) / split).glob("rooms-*.npz"))
         shards = [s for s in shards if not s.name.endswith(".tmp.npz")]
         if not shards:
@@ -383,6 +383,11 @@ class RirBank:
             for r, idx in enumerate(tables[-1]["room_index"]):
                 rows.setdefault(int(idx), (si, r))
         order = sorted(rows)
+        if max_rooms is not None:  # a run that names its rooms is reproducible before the bank is complete
+            order = [i for i in order if i < max_rooms]
+            if order != list(range(max_rooms)):
+                raise FileNotFoundError(f"the {split} RIR bank in {rir_dir} lacks rooms below {max_rooms} "
+                                        f"({len(order)} of them present; run train/mask/rirs.py further)")
         self.shard = np.array([rows[i][0] for i in order], np.int64)
         self.room_index = np.array(order, np.int64)
 
@@ -438,12 +443,15 @@ def conv_running(xs: list[np.ndarray], hs: list[np.ndarray], n: int) -> np.ndarr
 class ArrayMixtures:
     """Multichannel mixtures of one split (see the module docstring for the recipe and the keys)."""
 
-    def __init__(self, data_dir: str | Path, rir_dir: str | Path, split: str) -> None:
+    def __init__(self, data_dir: str | Path, rir_dir: str | Path, split: str,
+                 max_rooms: int | None = None) -> None:
+        """``max_rooms``: use rooms ``0 .. max_rooms - 1`` only (all must be built), so that batches do
+        not change while the bank grows; None: every room present."""
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', not {split!r}")
         self.split = split
         self.audio = AudioPools(Path(data_dir), split)
-        self.bank = RirBank(Path(rir_dir), split)
+        self.bank = RirBank(Path(rir_dir), split, max_rooms)
         missing = [g for g in GEOMETRIES if self.bank.by_geometry[g].size == 0]
         if missing:
             raise ValueError(f"the {split} RIR bank has no room of {missing}")

@@ -64,7 +64,7 @@ _spec.loader.exec_module(dt)
 
 log = logging.getLogger("train-mask")
 RATE = 16000
-RUN_ARGS = ("seed", "total_steps", "warmup", "lr", "channels", "batch", "crop", "mics")
+RUN_ARGS = ("seed", "total_steps", "warmup", "lr", "channels", "batch", "crop", "mics", "rooms")
 CURVE_FIELDS = ["step", "audio_hours", "sisdr_db", "sisdr_in_db", "mask_err_db", "lr", "wall_hours",
                 "cpu_hours", "train_loss"]  # fmt: skip
 GEOMETRIES = {4: ("respeaker-4mic-hat", "respeaker-usb-4mic"), 6: ("respeaker-6mic",)}
@@ -136,6 +136,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, default=None, help="default train/mask/checkpoint-m{mics}.pt")
     ap.add_argument("--curve", type=Path, default=None, help="default train/mask/curve-m{mics}.csv")
     ap.add_argument("--best-dir", type=Path, default=None, help="default /work/voxd-train/mask-best-m{mics}")
+    ap.add_argument("--rooms", type=int, default=300, help="train on RIR-bank rooms 0 .. N-1 (all built)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--total-steps", type=int, default=20000)
@@ -162,7 +163,8 @@ def main() -> None:
     if args.resume and args.checkpoint.exists():
         ck = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
         for k in RUN_ARGS:
-            setattr(args, k, ck["run_args"][k])  # type: ignore[index]
+            if k in ck["run_args"]:  # type: ignore[operator]
+                setattr(args, k, ck["run_args"][k])  # type: ignore[index]
     batch = args.batch * (args.gpu_batch_mult if device.type == "cuda" else 1)
     cfg = (ModelConfig(**ck["cfg"]) if ck  # type: ignore[arg-type]
            else ModelConfig(channels=args.channels, aux=args.mics - 1))
@@ -189,7 +191,7 @@ def main() -> None:
     _mspec.loader.exec_module(mask_data)
     ArrayMixtures = mask_data.ArrayMixtures
 
-    train_data = ArrayMixtures(args.data, args.rirs, "train")
+    train_data = ArrayMixtures(args.data, args.rirs, "train", max_rooms=args.rooms)
     val_data = ArrayMixtures(args.data, args.rirs, "val")
     geos = GEOMETRIES[args.mics]
     val = [to_tensors(val_data.batch(1000 + i, i, 8, args.crop, geometry=geos[i % len(geos)]))
