@@ -314,7 +314,10 @@ def test_declared_delay_is_the_engines_delay(params: dict[str, Any]) -> None:
         assert fr.samples is not None
         outs.append(fr.samples[0])
     y = np.concatenate(outs).astype(np.float64)
-    r = [abs(float(np.dot(y[k:], x[0, : y.size - k]))) for k in range(0, 400)]
+    # multiply-and-sum, not np.dot: OpenBLAS splits a float64 dot this long over its threads, and on a
+    # busy 2-CPU machine those threads spin (3-5 s of CPU for these 400 dots, 20 ms without BLAS)
+    x64 = x[0].astype(np.float64)
+    r = [abs(float(np.sum(y[k:] * x64[: y.size - k]))) for k in range(0, 400)]
     assert int(np.argmax(r)) == s.delay_samples
 
 
