@@ -4,6 +4,8 @@ its summary on the ``stats`` topic. The full acceptance tables are bench/agc_ben
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import itertools
 import json
 import sys
@@ -113,14 +115,17 @@ class Track:
 
 # --- the shared dev recordings -------------------------------------------------------------------------
 
-def _items(kind: str) -> list[tuple[str, np.ndarray, list[tuple[float, float]], float]]:
+@functools.cache
+def _items(kind: str) -> tuple[tuple[str, np.ndarray, list[tuple[float, float]], float], ...]:
+    """The dev/vad items of ``kind`` (read once; read-only: every test gets the same samples)."""
     items = []
     for line in (DEV / "vad" / "meta.jsonl").read_text().splitlines():
         m = json.loads(line)
         x, rate = sf.read(DEV / "vad" / m[kind], dtype="float32")
         assert rate == RATE
+        x.flags.writeable = False
         items.append((m["id"], x, [tuple(s) for s in m["speech_segments"]], m["speech_level_dbfs"]))
-    return items
+    return tuple(items)
 
 
 def _p56(x: np.ndarray) -> float:
@@ -143,9 +148,25 @@ def _steady_talker(x: np.ndarray, segments: list[tuple[float, float]], level: fl
     y = np.tile(x, reps).astype(np.float64)
     starts = [0, *(round(a * RATE) for a, _ in segs[1:])]
     ends = [*starts[1:], y.shape[0]]
-    for (a, b), s0, s1 in zip(segs, starts, ends, strict=True):
-        y[s0:s1] *= 10.0 ** ((level - _p56(y[round(a * RATE) : round(b * RATE)])) / 20.0)
+    for s0, s1, p56 in zip(starts, ends, _segment_levels(y, segs), strict=True):
+        y[s0:s1] *= 10.0 ** ((level - p56) / 20.0)
     return y.astype(np.float32), segs
+
+
+_SEGMENT_LEVELS: dict[bytes, list[float]] = {}
+
+
+def _segment_levels(y: np.ndarray, segs: list[tuple[float, float]]) -> list[float]:
+    """P.56 level of each segment of the unscaled ``y``, cached by content: the same values whatever the
+    target level (the tests ask for up to 5 levels of each item, and P.56 is the costly part of making
+    one). The segments are disjoint and in order, so each one is measured, as it was in the loop that
+    scales them, on samples no earlier segment has scaled."""
+    bounds = [(round(a * RATE), round(b * RATE)) for a, b in segs]
+    assert all(b0 <= a1 for (_, b0), (a1, _) in itertools.pairwise(bounds)), bounds
+    key = hashlib.blake2b(y.tobytes() + repr(bounds).encode()).digest()
+    if key not in _SEGMENT_LEVELS:
+        _SEGMENT_LEVELS[key] = [_p56(y[a:b]) for a, b in bounds]
+    return _SEGMENT_LEVELS[key]
 
 
 Run = tuple[str, float, np.ndarray, np.ndarray, float]
