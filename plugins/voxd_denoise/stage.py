@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -79,7 +79,7 @@ class DenoiseParams(StageParams):
                                                 "interface; default: the bundled model")
     post_filter_beta: float = Field(0.0, ge=0.0, le=1.0, description="dfn3: DeepFilterNet's post-filter "
                                     "strength (0 = off; its authors suggest about 0.02)")
-    channels: list[int] | None = Field(
+    channels: list[Annotated[int, Field(ge=0, le=1023)]] | None = Field(
         None, min_length=1, description="voxd: the channels the model runs on (indices; null: all); the "
                                         "others pass unchanged; denoise.gain has one row per listed "
                                         "channel")
@@ -101,8 +101,8 @@ class DenoiseParams(StageParams):
     @field_validator("channels")
     @classmethod
     def _distinct(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and (len(set(v)) != len(v) or min(v) < 0):
-            raise ValueError(f"channels must be distinct channel indices >= 0, got {v}")
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"channels must be distinct channel indices, got {v}")
         return v
 
     @model_validator(mode="after")
