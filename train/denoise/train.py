@@ -202,12 +202,14 @@ def truncate_curve(path: Path, step: int) -> None:
     if not path.exists():
         return
     with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+        fields = list(reader.fieldnames or CURVE_FIELDS)  # the file's own columns: shared by train/echo, mask
     keep = [r for r in rows if int(r["step"]) <= step]
     if len(keep) != len(rows):
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, CURVE_FIELDS)
+            w = csv.DictWriter(fh, fields)
             w.writeheader()
             w.writerows(keep)
         os.replace(tmp, path)

@@ -40,7 +40,6 @@ import csv
 import importlib.util
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -114,18 +113,6 @@ def evaluate(model: Denoiser, val: list[tuple[Tensor, Tensor]], device: torch.de
             "mask_err_db": float(10 * torch.log10(torch.cat(errs).mean() + 1e-12))}
 
 
-def truncate_curve(path: Path, step: int) -> None:
-    """Drop the curve rows after ``step`` (validations made after the checkpoint being resumed)."""
-    if not path.exists():
-        return
-    with open(path, newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= step]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, CURVE_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def main() -> None:
@@ -178,7 +165,7 @@ def main() -> None:
         step, audio_h = int(ck["step"]), float(ck["audio_hours"])  # type: ignore[arg-type]
         wall_h, cpu_h, best = float(ck["wall_hours"]), float(ck["cpu_hours"]), float(ck["best"])  # type: ignore[arg-type]
         torch.set_rng_state(ck["torch_rng"])  # type: ignore[arg-type]
-        truncate_curve(args.curve, step)
+        dt.truncate_curve(args.curve, step)
     log.info("model %s: %d parameters, %.1f M MAC/s, state %d floats; device %s batch %d; %s", cfg.to_dict(),
              count_params(model), count_macs_per_frame(model) * 100 / 1e6, model.state_size, device, batch,
              json.dumps({k: str(v) for k, v in vars(args).items()}))  # fmt: skip
