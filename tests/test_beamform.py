@@ -207,11 +207,12 @@ def test_chain_with_post_filter_builds_and_requirements_are_checked() -> None:
     assert "4 microphone positions" in str(err.value)
 
 
-def test_mask_mode_learns_the_target_under_a_continuous_interferer() -> None:
-    """``mask: denoise``: a louder point interferer is present in every frame (a VAD would call every
-    frame speech); the per-bin gain marks where the target is. The stage learns the target's arbitrary
-    transfer function from the masked bins and the interferer from the rest: the target passes as the
-    reference mic heard it and the interferer drops by far more than the reference mic's level."""
+@pytest.mark.parametrize(("mask", "key"), [("denoise", "denoise.gain"), ("model", "mask.gain")])
+def test_mask_mode_learns_the_target_under_a_continuous_interferer(mask: str, key: str) -> None:
+    """``mask: denoise`` (or ``model``): a louder point interferer is present in every frame (a VAD would
+    call every frame speech); the per-bin gain marks where the target is. The stage learns the target's
+    arbitrary transfer function from the masked bins and the interferer from the rest: the target passes
+    as the reference mic heard it and the interferer drops by far more than the reference mic's level."""
     rng = np.random.default_rng(8)
     pos = preset_positions("respeaker-4mic-hat")
     m = len(pos)
@@ -220,7 +221,7 @@ def test_mask_mode_learns_the_target_under_a_continuous_interferer() -> None:
 
     h = plane_wave(pos, 30.0) * mismatch(0.5)  # target: an arbitrary (reverberant-like) transfer
     g = plane_wave(pos, 200.0) * mismatch(0.3)  # interferer
-    stage = make_stage(pos, method="mvdr", steering="rtf", mask="denoise", loading=0.01)
+    stage = make_stage(pos, method="mvdr", steering="rtf", mask=mask, loading=0.01)
     t_err, i_gain = [], []
     for i in range(600):
         on = rng.random(BINS) < 0.5  # the target occupies half of the bins of each frame
@@ -229,7 +230,7 @@ def test_mask_mode_learns_the_target_under_a_continuous_interferer() -> None:
         n = 0.01 * (rng.standard_normal((BINS, m)) + 1j * rng.standard_normal((BINS, m)))
         x = h * s[:, None] + g * q[:, None] + n
         gain = np.where(on, 0.9, 0.05).astype(np.float32)[None]
-        w_out = stage.process(frame(x.T, i, **{"denoise.gain": gain})).spec[0]  # type: ignore[index]
+        w_out = stage.process(frame(x.T, i, **{key: gain})).spec[0]  # type: ignore[index]
         w = stage._w  # the weights of this frame: apply them to each component alone
         if i >= 500:
             y_t = np.einsum("fm,fm->f", w.conj(), h * s[:, None])

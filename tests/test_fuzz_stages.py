@@ -58,6 +58,7 @@ CHAINS: dict[str, str] = {
     "beamform-mvdr": "[{stage: vad}, {stage: noise}, {stage: doa}, {stage: beamform}, {stage: wiener}]",
     "beamform-mask": "[{stage: denoise, channels: [0], apply: false}, {stage: beamform, mask: denoise}, "
                      "{stage: wiener}]",
+    "beamform-maskmodel": "[{stage: mask}, {stage: beamform, mask: model}, {stage: wiener}]",
     "beamform-das": "[{stage: vad}, {stage: noise}, {stage: doa}, {stage: beamform, method: delay_and_sum}]",
     "agc": "[{stage: vad}, {stage: agc}]",
     "agc-gate": "[{stage: agc, vad: false}]",

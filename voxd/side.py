@@ -34,6 +34,7 @@ __all__ = [
     "DOA_CONFIDENCE",
     "DOA_DEG",
     "LEVEL_DBFS",
+    "MASK_GAIN",
     "NOISE_COV",
     "NOISE_PSD",
     "NOISE_SPP",
@@ -184,6 +185,11 @@ DENOISE_GAIN = declare(
     description="the denoiser's effective gain per channel it runs on (its `channels`, all by default) "
                 "and bin: output over input magnitude (attenuation limit and mix included), clipped to 1; "
                 "a speech presence cue for later stages (the beamformer's `mask: denoise`)")
+MASK_GAIN = declare(
+    "mask.gain", dtype="float32", shape="(1, bins)", unit="ratio mask 0..1", wire=False, provider="mask",
+    description="the learned estimate, from every microphone, of the share of each bin that is the target "
+                "talker at the reference microphone (not other talkers, music, TV or noise); drives the "
+                "beamformer's `mask: model` statistics")
 AEC_REFERENCE = declare(
     "aec.reference", dtype="float32", shape="(ref_channels, samples)", unit="full scale", wire=False,
     provider="pipeline (capture.reference_channels)",

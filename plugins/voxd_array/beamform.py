@@ -34,8 +34,10 @@ covariance (time constant ``rtf_s``), ``1 - g`` into the stage's own noise covar
 average normalised by its weights, so ``noise.psd`` for a post-filter keeps its units). A bin the
 denoiser removes (music, a fan) then teaches the noise statistics while the talker speaks, and the
 VAD's late onsets no longer put the first words into the noise. ``rtf_min_s`` counts frames in which
-some bin has ``g >= 0.5``. Measured on ``dev/array`` and on the tuning set of ``bench/arrayset.py``
-in ``docs/array.md``.
+some bin has ``g >= 0.5``. ``mask: model`` does the same with ``mask.gain`` of an earlier ``mask``
+stage (:mod:`voxd_array.mask`: a learned mask from every microphone, which can tell the talker from a
+louder television; a denoiser's gain keeps any speech). Measured on ``dev/array`` and on the tuning set
+of ``bench/arrayset.py`` in ``docs/array.md``.
 
 Both normalise to the reference microphone: for the target, the output is what ``ref_mic`` would have
 recorded without noise (distortionless), so level and timbre match that mic.
@@ -70,9 +72,9 @@ from pydantic import Field
 from voxd.frame import AudioFormat, Domain, Frame
 from voxd.side import DENOISE_GAIN as GAIN
 from voxd.side import DOA_DEG as DOA
+from voxd.side import MASK_GAIN, SPEECH
 from voxd.side import NOISE_COV as COV
 from voxd.side import NOISE_PSD as PSD
-from voxd.side import SPEECH
 from voxd.stage import FormatError, Stage, StageContext, StageParams
 
 WEIGHTS = "beamform.weights"
@@ -100,15 +102,16 @@ class BeamformParams(StageParams):
     update_every: int = Field(1, ge=1, le=100, description="mvdr: invert the loaded noise covariance "
                                                            "every k-th frame (the RTF and weights follow "
                                                            "every frame)")
-    mask: Literal["vad", "denoise"] = Field(
+    mask: Literal["vad", "denoise", "model"] = Field(
         "vad", description="mvdr: what drives the spatial statistics: 'vad' (speech frames -> speech "
-                           "covariance; noise.cov of the noise stage) or 'denoise' (the per-bin gain "
-                           "denoise.gain of an earlier denoise stage weights every frame into both)")
-    mask_power: float = Field(3.0, ge=0.5, le=16, description="mask denoise: the speech covariance weight "
-                                                              "is gain ** mask_power (higher: only bins "
-                                                              "the denoiser keeps nearly whole)")
-    noise_s: float = Field(3.0, gt=0, le=60, description="mask denoise: time constant of the mask-weighted "
-                                                         "noise covariance (s)")
+                           "covariance; noise.cov of the noise stage), 'denoise' (the per-bin gain "
+                           "denoise.gain of an earlier denoise stage weights every frame into both) or "
+                           "'model' (the same with mask.gain of an earlier mask stage)")
+    mask_power: float = Field(3.0, ge=0.5, le=16, description="mask denoise/model: the speech covariance "
+                                                              "weight is gain ** mask_power (higher: only "
+                                                              "bins the mask keeps nearly whole)")
+    noise_s: float = Field(3.0, gt=0, le=60, description="mask denoise/model: time constant of the "
+                                                         "mask-weighted noise covariance (s)")
 
 
 class Beamformer(Stage[BeamformParams]):
@@ -121,8 +124,8 @@ class Beamformer(Stage[BeamformParams]):
     @classmethod
     def required_keys(cls, params: BeamformParams) -> tuple[str, ...]:
         keys: list[str] = []
-        if params.method == "mvdr" and params.mask == "denoise":
-            keys.append(GAIN)
+        if params.method == "mvdr" and params.mask != "vad":
+            keys.append(GAIN if params.mask == "denoise" else MASK_GAIN)
         elif params.method == "mvdr":
             keys.append(COV)
             if params.steering == "rtf":
@@ -156,7 +159,8 @@ class Beamformer(Stage[BeamformParams]):
         self._rtf_keep = float(np.exp(-fmt.frame_s / self.params.rtf_s))
         self._rtf_min = int(np.ceil(self.params.rtf_min_s / fmt.frame_s))
         self._rtf_mode = self.params.method == "mvdr" and self.params.steering == "rtf"
-        self._mask_mode = self.params.method == "mvdr" and self.params.mask == "denoise"
+        self._mask_mode = self.params.method == "mvdr" and self.params.mask != "vad"
+        self._mask_key = GAIN if self.params.mask == "denoise" else MASK_GAIN
         self._noise_keep = float(np.exp(-fmt.frame_s / self.params.noise_s))
         self._steer_az: float | None = None
         self._ref_steer = self._ref_only()
@@ -241,14 +245,15 @@ class Beamformer(Stage[BeamformParams]):
 
     def _masked_statistics(self, x: np.ndarray, frame: Frame) -> np.ndarray:
         """Mask mode: fold this frame's ``x`` ``(bins, M)`` into the speech and noise covariances with
-        the weights ``g ** mask_power`` and ``1 - g`` of the denoiser's per-bin gain ``g`` (mean over the
-        channels it ran on); returns the noise covariance ``(bins, M, M)`` (a weighted average).
+        the weights ``g ** mask_power`` and ``1 - g`` of the per-bin gain ``g`` (``denoise.gain``: the
+        mean over the channels the denoiser ran on; or ``mask.gain``); returns the noise covariance
+        ``(bins, M, M)`` (a weighted average).
 
         Every frame counts, not only the VAD's speech frames: a bin the denoiser removes (music, a
         fan) teaches the noise statistics even while the talker speaks, and a bin it keeps whole teaches
         the speech statistics even in a frame the VAD calls noise (its onsets come late).
         """
-        g = frame.side.get(GAIN)
+        g = frame.side.get(self._mask_key)
         if g is None or np.shape(g)[-1] != self._bins:  # no gain this frame: all noise, nothing learnt
             m = np.zeros(self._bins)
         else:
