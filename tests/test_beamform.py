@@ -242,6 +242,58 @@ def test_mask_mode_learns_the_target_under_a_continuous_interferer(mask: str, ke
     assert 10 * np.log10(np.mean(i_gain)) < -15  # the interferer suppressed
 
 
+def run_masked(stage: Beamformer, h: np.ndarray, band: np.ndarray, seed: int, frames: int = 150) -> None:
+    """Feed ``stage`` (mask mode) a target with transfer ``h`` ``(bins, M)`` that only ever occupies the
+    bins in ``band``, in white sensor noise; the mask marks the target's bins."""
+    rng = np.random.default_rng(seed)
+    m = h.shape[1]
+    for i in range(frames):
+        on = band & (rng.random(BINS) < 0.7)
+        s = (rng.standard_normal(BINS) + 1j * rng.standard_normal(BINS)) * on * 3.0
+        n = 0.1 * (rng.standard_normal((BINS, m)) + 1j * rng.standard_normal((BINS, m)))
+        gain = np.where(on, 1.0, 0.02).astype(np.float32)[None]
+        stage.process(frame((h * s[:, None] + n).T, i, **{"mask.gain": gain}))
+
+
+def test_mwf_is_the_mvdr_times_a_wiener_gain_per_bin() -> None:
+    """Same statistics, same eigenvector: the MWF's weights are the MVDR's times a real gain, ~1 where
+    the talker is far above the noise and the floor in bins it never occupies."""
+    pos = preset_positions("respeaker-4mic-hat")
+    h = plane_wave(pos, 30.0) * (1 + 0.3 * np.random.default_rng(4).standard_normal((BINS, len(pos))))
+    band = np.arange(BINS) < 80
+    stages = {mth: make_stage(pos, method=mth, mask="model", rtf_min_s=0.0) for mth in ("mvdr", "mwf")}
+    for st in stages.values():
+        run_masked(st, h, band, seed=5)
+    ratio = stages["mwf"]._w / stages["mvdr"]._w
+    assert np.abs(ratio.imag).max() < 1e-9 and np.ptp(ratio.real, axis=1).max() < 1e-9, "one real gain per bin"
+    g = ratio[:, 0].real
+    floor = 10 ** (-12 / 20)
+    assert (g >= floor - 1e-12).all() and (g <= 1 + 1e-12).all()
+    assert g[10:80].min() > 0.9 and np.allclose(g[90:], floor)
+
+
+def test_gev_ban_is_distortionless_for_a_plane_wave_in_white_noise() -> None:
+    """With spatially white noise the max-SNR direction is the target's own; BAN scales it to unit
+    response for a target of equal magnitude at every mic, so GEV-BAN and MVDR give the same weights."""
+    pos = preset_positions("respeaker-usb-4mic")
+    h = plane_wave(pos, 120.0)
+    band = np.ones(BINS, bool)
+    stages = {mth: make_stage(pos, method=mth, mask="model", rtf_min_s=0.0, loading=0.0)
+              for mth in ("mvdr", "gev_ban")}
+    for st in stages.values():
+        run_masked(st, h, band, seed=6)
+    w_gev, w_mvdr = stages["gev_ban"]._w, stages["mvdr"]._w
+    resp = np.einsum("fm,fm->f", w_gev.conj(), h / h[:, :1])
+    assert np.abs(resp[5:] - 1).max() < 0.05, "unit response to the target at the reference mic"
+    assert np.abs(w_gev - w_mvdr)[5:].max() < 0.05
+
+
+def test_mwf_and_gev_ban_need_rtf_steering() -> None:
+    for method in ("mwf", "gev_ban"):
+        with pytest.raises(ConfigError, match=f"method {method} needs steering rtf"):
+            load_config_text(CHAIN + f"  - {{stage: beamform, method: {method}, steering: doa}}\n", "bf.yaml")
+
+
 def test_mask_mode_needs_a_gain_and_survives_a_bad_one() -> None:
     with pytest.raises(ConfigError) as err:
         build_chain(load_config_text(CHAIN + "  - {stage: vad}\n  - {stage: beamform, mask: denoise}\n",

@@ -42,6 +42,13 @@ of ``bench/arrayset.py`` in ``docs/array.md``.
 Both normalise to the reference microphone: for the target, the output is what ``ref_mic`` would have
 recorded without noise (distortionless), so level and timbre match that mic.
 
+``method: mwf`` and ``gev_ban`` use the same statistics and eigenvector and differ from the MVDR only by
+a real gain per bin: ``mwf`` multiplies it by ``1 - 1 / lam`` (at least ``mwf_floor_db``), ``lam = v^H
+R_x v / v^H R_n v`` the principal generalised eigenvalue, i.e. one plus the output SNR of the speech
+statistics: the rank-1 multichannel Wiener filter (a slow, per-bin post-filter inside the
+beamformer); ``gev_ban`` is ``v`` scaled by ``sqrt(v^H R_n R_n v / M) / (v^H R_n v)`` (Warsitz and
+Haeb-Umbach's blind analytic normalisation), with the reference entry's phase removed.
+
 Robustness: the loading keeps small arrays from turning superdirective at low frequencies (which
 amplifies self-noise and distorts the target under steering errors); it is raised where needed so that
 the loaded covariance's condition number stays below ``max_condition`` (``cond <= (trace + load) /
@@ -67,7 +74,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from voxd.frame import AudioFormat, Domain, Frame
 from voxd.side import DENOISE_GAIN as GAIN
@@ -81,7 +88,10 @@ WEIGHTS = "beamform.weights"
 
 
 class BeamformParams(StageParams):
-    method: Literal["delay_and_sum", "mvdr"] = Field("mvdr", description="beamformer")
+    method: Literal["delay_and_sum", "mvdr", "mwf", "gev_ban"] = Field(
+        "mvdr", description="beamformer: 'mvdr' (distortionless), 'mwf' (MVDR times the per-bin Wiener "
+                            "gain of its output SNR: the rank-1 multichannel Wiener filter) or 'gev_ban' "
+                            "(max-SNR with blind analytic normalisation); mwf and gev_ban need steering rtf")
     steering: Literal["doa", "rtf"] = Field(
         "rtf", description="mvdr only: far-field steering from the direction ('doa') or the relative "
                            "transfer function estimated from speech and noise covariances ('rtf')")
@@ -112,6 +122,14 @@ class BeamformParams(StageParams):
                                                               "bins the mask keeps nearly whole)")
     noise_s: float = Field(3.0, gt=0, le=60, description="mask denoise/model: time constant of the "
                                                          "mask-weighted noise covariance (s)")
+    mwf_floor_db: float = Field(-12.0, ge=-40, le=0, description="mwf: lowest Wiener gain (dB) of a bin")
+
+    @model_validator(mode="after")
+    def _rtf_for_eigen_methods(self) -> BeamformParams:
+        if self.method in ("mwf", "gev_ban") and self.steering != "rtf":
+            raise ValueError(f"method {self.method} needs steering rtf (it is built on the speech and noise "
+                             f"statistics' principal eigenvector)")
+        return self
 
 
 class Beamformer(Stage[BeamformParams]):
@@ -124,9 +142,9 @@ class Beamformer(Stage[BeamformParams]):
     @classmethod
     def required_keys(cls, params: BeamformParams) -> tuple[str, ...]:
         keys: list[str] = []
-        if params.method == "mvdr" and params.mask != "vad":
+        if params.method != "delay_and_sum" and params.mask != "vad":
             keys.append(GAIN if params.mask == "denoise" else MASK_GAIN)
-        elif params.method == "mvdr":
+        elif params.method != "delay_and_sum":
             keys.append(COV)
             if params.steering == "rtf":
                 keys.append(SPEECH)
@@ -158,8 +176,9 @@ class Beamformer(Stage[BeamformParams]):
         # speech-frame covariance: one-pole average with a time constant counted in speech frames
         self._rtf_keep = float(np.exp(-fmt.frame_s / self.params.rtf_s))
         self._rtf_min = int(np.ceil(self.params.rtf_min_s / fmt.frame_s))
-        self._rtf_mode = self.params.method == "mvdr" and self.params.steering == "rtf"
-        self._mask_mode = self.params.method == "mvdr" and self.params.mask != "vad"
+        self._rtf_mode = self.params.method != "delay_and_sum" and self.params.steering == "rtf"
+        self._mask_mode = self.params.method != "delay_and_sum" and self.params.mask != "vad"
+        self._floor = 10.0 ** (self.params.mwf_floor_db / 20.0)
         self._mask_key = GAIN if self.params.mask == "denoise" else MASK_GAIN
         self._noise_keep = float(np.exp(-fmt.frame_s / self.params.noise_s))
         self._steer_az: float | None = None
@@ -173,6 +192,7 @@ class Beamformer(Stage[BeamformParams]):
         self._speech_frames = 0.0  # speech seen, in frames (mask mode: the mean speech weight summed)
         self._rn = np.zeros((bins, m, m), np.complex128)  # mask mode: the weighted noise covariance
         self._rn_w = np.zeros(bins)  # ... and its weights' running sum (for an unbiased average)
+        self._rx_w = np.zeros(bins)  # the speech covariance's weights' running sum (mwf's SNR)
         self._v = np.ones((bins, m, 1), np.complex128) / np.sqrt(m)  # power-iteration state
         self._w = self._ref_steer
         self._w_dir: np.ndarray | None = None
@@ -229,6 +249,7 @@ class Beamformer(Stage[BeamformParams]):
                 rx -= outer
                 rx *= self._rtf_keep
                 rx += outer
+                self._rx_w = self._rtf_keep * self._rx_w + (1.0 - self._rtf_keep)
                 self._speech_frames += 1
             refresh = self._frame % self.params.update_every == 0
             if refresh or self._rtf_mode:
@@ -267,6 +288,7 @@ class Beamformer(Stage[BeamformParams]):
         rx -= o
         rx *= keep
         rx += o
+        self._rx_w = keep * self._rx_w + (1.0 - keep) * ws
         keep = self._noise_keep
         wn = 1.0 - m
         o = wn[:, None, None] * outer
@@ -338,7 +360,22 @@ class Beamformer(Stage[BeamformParams]):
         href = rv[:, self._ref]
         ok = (den > 1e-30) & (np.abs(href) > 1e-30)
         with np.errstate(invalid="ignore", divide="ignore"):  # NaN rows are the fallback's signal
-            return vv * (href.conj() / np.where(ok, den, np.nan))[:, None]
+            w = vv * (href.conj() / np.where(ok, den, np.nan))[:, None]
+            method = self.params.method
+            if method == "mvdr":
+                return w
+            if method == "mwf":
+                # the generalised eigenvalue lam = v^H R_x v / v^H R v = 1 + output SNR of the speech
+                # statistics; the rank-1 MWF is the MVDR times the Wiener gain SNR / (1 + SNR)
+                rx_v = np.real(np.einsum("fm,fm->f", vv.conj(), (self._rx @ v)[:, :, 0]))
+                lam = rx_v / np.maximum(self._rx_w, 1e-12) / den
+                g = np.clip(1.0 - 1.0 / np.maximum(lam, 1.0), self._floor, 1.0)
+                return w * g[:, None]
+            # gev_ban: v itself, scaled by sqrt(v^H R R v / M) / (v^H R v) (blind analytic
+            # normalisation: the max-SNR filter's distortion undone for an ideal rank-1 target), and
+            # the phase of the reference mic's RTF entry removed as for the MVDR
+            ban = np.sqrt(np.sum(np.abs(rv) ** 2, axis=1) / self._m) / den
+            return vv * (ban * href.conj() / np.abs(href))[:, None]
 
     def _residual(self, w: np.ndarray, rn: np.ndarray | None) -> dict[str, np.ndarray]:
         """``noise.psd`` (1, bins) and ``noise.cov`` (bins, 1, 1) at the output: ``w^H R_n w``."""
