@@ -265,7 +265,7 @@ def test_mwf_is_the_mvdr_times_a_wiener_gain_per_bin() -> None:
     for st in stages.values():
         run_masked(st, h, band, seed=5)
     ratio = stages["mwf"]._w / stages["mvdr"]._w
-    assert np.abs(ratio.imag).max() < 1e-9 and np.ptp(ratio.real, axis=1).max() < 1e-9, "one real gain per bin"
+    assert np.abs(ratio.imag).max() < 1e-9 and np.ptp(ratio.real, axis=1).max() < 1e-9, "a real gain per bin"
     g = ratio[:, 0].real
     floor = 10 ** (-12 / 20)
     assert (g >= floor - 1e-12).all() and (g <= 1 + 1e-12).all()
