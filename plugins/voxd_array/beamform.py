@@ -237,7 +237,13 @@ class Beamformer(Stage[BeamformParams]):
         # rtf steering never uses the far-field vector: until the RTF is learnt the reference mic passes
         # (measured on dev/array: steering from an early, still wrong doa_deg meanwhile cost 0.4 dB)
         d = self._ref_steer if self._rtf_mode else self._far_field(frame)
-        rn = self._masked_statistics(x, frame) if self._mask_mode else frame.side.get(COV)
+        if self._mask_mode:
+            self._masked_statistics(x, frame)
+            # the normalised noise covariance only where it is read: refreshes and a pending psd
+            need = self._frame % self.params.update_every == 0 or self._r is None or self._psd is None
+            rn = self._rn / np.maximum(self._rn_w, 1e-12)[:, None, None] if need else None
+        else:
+            rn = frame.side.get(COV)
         if self.params.method == "delay_and_sum":
             if d is not self._w_dir:  # weights follow the direction only
                 self._w_dir, self._w = d, (d if d is self._ref_steer else d / self._m)
@@ -253,7 +259,6 @@ class Beamformer(Stage[BeamformParams]):
                 self._speech_frames += 1
             refresh = self._frame % self.params.update_every == 0
             if refresh or self._rtf_mode:
-                assert rn is not None  # mvdr requires noise.cov (required_keys): an earlier stage gives it
                 self._w = self._mvdr(rn, d, refresh)
             if refresh:  # the residual noise PSD for a post-filter follows at the refreshes
                 self._psd = None
@@ -264,11 +269,11 @@ class Beamformer(Stage[BeamformParams]):
             self._psd = self._residual(w, rn)
         return frame.with_spec(y, **self._psd)
 
-    def _masked_statistics(self, x: np.ndarray, frame: Frame) -> np.ndarray:
+    def _masked_statistics(self, x: np.ndarray, frame: Frame) -> None:
         """Mask mode: fold this frame's ``x`` ``(bins, M)`` into the speech and noise covariances with
         the weights ``g ** mask_power`` and ``1 - g`` of the per-bin gain ``g`` (``denoise.gain``: the
-        mean over the channels the denoiser ran on; or ``mask.gain``); returns the noise covariance
-        ``(bins, M, M)`` (a weighted average).
+        mean over the channels the denoiser ran on; or ``mask.gain``); the noise covariance's weighted
+        average is ``self._rn / self._rn_w``.
 
         Every frame counts, not only the VAD's speech frames: a bin the denoiser removes (music, a
         fan) teaches the noise statistics even while the talker speaks, and a bin it keeps whole teaches
@@ -298,9 +303,8 @@ class Beamformer(Stage[BeamformParams]):
         rn += o
         self._rn_w = keep * self._rn_w + (1.0 - keep) * wn
         self._speech_frames += float(m.max() >= 0.5)  # a frame with a bin the denoiser keeps: some speech
-        return rn / np.maximum(self._rn_w, 1e-12)[:, None, None]
 
-    def _mvdr(self, rn: np.ndarray, d: np.ndarray, refresh: bool) -> np.ndarray:
+    def _mvdr(self, rn: np.ndarray | None, d: np.ndarray, refresh: bool) -> np.ndarray:
         """MVDR weights ``(bins, M)`` for noise covariance ``rn`` ``(bins, M, M)`` and far-field ``d``.
 
         ``refresh``: load and invert ``rn`` anew (every ``update_every`` frames); otherwise the cached
@@ -311,6 +315,7 @@ class Beamformer(Stage[BeamformParams]):
             return d
         das = d / self._m
         if refresh or self._r is None:
+            assert rn is not None  # noise.cov is required (required_keys), mask mode computes it here
             m = self._m
             r = rn.astype(np.complex128)
             tr = np.maximum(np.real(np.trace(r, axis1=1, axis2=2)), 1e-20)
