@@ -90,8 +90,8 @@ class Floor:
 #: One row per shipped config (path relative to the repository). Re-set with ``python -m tests.floors``.
 FLOORS: dict[str, Floor] = {
     "config/default.yaml": Floor(
-        HAT_ITEMS, si_sdr=2.69, pesq=1.586, stoi=0.817, vad_acc=0.889,
-        lf_db=-42.3, level_db=-25.41, doa_err=9.8, rtf=0.331,
+        HAT_ITEMS, si_sdr=2.58, pesq=1.577, stoi=0.814, vad_acc=0.889,
+        lf_db=-42.4, level_db=-25.37, doa_err=9.8, rtf=0.331,
         stage_us={"highpass": 177.4, "vad": 162.9, "noise": 734.0, "doa": 311.4,
                   "beamform": 1489.0, "agc": 149.9}),
     "config/demo.yaml": Floor(
@@ -108,17 +108,17 @@ FLOORS: dict[str, Floor] = {
         lf_db=-38.3, level_db=-31.64, doa_err=None, rtf=0.211,
         stage_us={"mix": 72.2, "vad": 50.1, "denoise": 1233.2}),
     "config/respeaker-4mic-hat.yaml": Floor(
-        HAT_ITEMS, si_sdr=8.53, pesq=1.555, stoi=0.819, vad_acc=0.879,
-        lf_db=-27.4, level_db=-25.9, doa_err=9.8, rtf=0.315,
+        HAT_ITEMS, si_sdr=8.53, pesq=1.56, stoi=0.82, vad_acc=0.879,
+        lf_db=-27.3, level_db=-25.9, doa_err=9.8, rtf=0.315,
         stage_us={"vad": 179.8, "noise": 739.0, "doa": 314.7, "beamform": 1503.7, "wiener": 145.7}),
     "config/respeaker-usb-4mic.yaml": Floor(
-        USB_ITEMS, si_sdr=3.01, pesq=1.339, stoi=0.738, vad_acc=0.83,
-        lf_db=-18.2, level_db=-29.75, doa_err=9.9, rtf=0.31,
+        USB_ITEMS, si_sdr=3.04, pesq=1.352, stoi=0.736, vad_acc=0.83,
+        lf_db=-18.1, level_db=-29.74, doa_err=9.9, rtf=0.31,
         stage_us={"aec": 247.6, "vad": 175.5, "noise": 710.0, "doa": 428.5, "beamform": 1469.7,
                   "wiener": 141.6}),
     "config/respeaker-6mic.yaml": Floor(
-        SIX_ITEMS, si_sdr=-3.86, pesq=1.123, stoi=0.644, vad_acc=0.691,
-        lf_db=-26.0, level_db=-26.02, doa_err=26.3, rtf=0.432,
+        SIX_ITEMS, si_sdr=-3.85, pesq=1.1, stoi=0.647, vad_acc=0.691,
+        lf_db=-26.0, level_db=-26.0, doa_err=26.3, rtf=0.432,
         stage_us={"aec": 275.2, "vad": 154.1, "noise": 826.6, "doa": 579.2, "beamform": 2269.9,
                   "wiener": 147.5}),
     "config/respeaker-2mic-hat.yaml": Floor(  # on two of the USB array's mics: CHANNELS
@@ -126,8 +126,8 @@ FLOORS: dict[str, Floor] = {
         lf_db=-18.2, level_db=-29.61, doa_err=32.9, rtf=0.313,
         stage_us={"vad": 188.0, "noise": 757.7, "doa": 355.3, "beamform": 1305.0, "wiener": 180.8}),
     "config/listening.yaml": Floor(
-        HAT_ITEMS, si_sdr=6.26, pesq=1.444, stoi=0.813, vad_acc=0.886,
-        lf_db=-43.8, level_db=-30.8, doa_err=9.9, rtf=1.786,
+        HAT_ITEMS, si_sdr=6.31, pesq=1.451, stoi=0.81, vad_acc=0.886,
+        lf_db=-44.0, level_db=-30.76, doa_err=9.9, rtf=1.786,
         stage_us={"vad": 359.1, "noise": 1787.3, "doa": 777.4, "beamform": 3070.2,
                   "denoise": 12771.1}),
 }
