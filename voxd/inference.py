@@ -14,6 +14,17 @@ def model_bytes(path: str | None, package: str, bundled: str) -> bytes:
     return resources.files(package).joinpath(bundled).read_bytes()
 
 
+def load_model(path: str | None, package: str, bundled: str) -> Any:  # -> onnxruntime.InferenceSession
+    """:func:`open_session` on the file at ``path`` or ``package``'s ``bundled`` model; ValueError
+    ``model '<path or bundled>' does not load: <onnxruntime's first line>`` when it cannot be read or parsed
+    (a config error at ``voxd check``, not a traceback)."""
+    try:
+        return open_session(model_bytes(path, package, bundled))
+    except Exception as exc:  # onnxruntime's errors have no common base class
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"model {path or bundled!r} does not load: {first}") from None
+
+
 def state_size(session: Any) -> int:
     """``S`` of a streaming model's ``state`` input ``(1, S)``: its shape, else the ``voxd.state_size``
     metadata."""

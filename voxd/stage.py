@@ -22,6 +22,7 @@ creates one instance per chain entry and drives it through this life cycle::
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar, get_args, get_origin
@@ -33,7 +34,8 @@ from voxd.errors import FormatError
 from voxd.frame import AudioFormat, Domain, Frame
 from voxd.geometry import SPEED_OF_SOUND
 
-__all__ = ["EventSink", "FormatError", "Stage", "StageContext", "StageParams", "discard_events"]
+__all__ = ["EventSink", "FormatError", "Stage", "StageContext", "StageParams", "discard_events",
+           "distinct_indices", "readable_file"]
 
 
 class StageParams(BaseModel):
@@ -43,6 +45,22 @@ class StageParams(BaseModel):
     schema of every installed stage has one."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def readable_file(path: str, what: str) -> str:
+    """``path`` if it is a readable file; else ValueError ``<what> '<path>' does not exist`` (or ``is not
+    a readable file``), for a Params validator (a model file, say)."""
+    if not (os.path.isfile(path) and os.access(path, os.R_OK)):
+        why = "does not exist" if not os.path.exists(path) else "is not a readable file"
+        raise ValueError(f"{what} {path!r} {why}")
+    return path
+
+
+def distinct_indices(v: list[int] | None) -> list[int] | None:
+    """``v`` unless it repeats a channel index (ValueError), for a Params validator of ``channels``."""
+    if v is not None and len(set(v)) != len(v):
+        raise ValueError(f"channels must be distinct channel indices, got {v}")
+    return v
 
 
 #: ``emit(type, pts=..., **fields)``: publishes an event (see :class:`StageContext`).

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from voxd.inference import model_bytes, open_session, state_size
+from voxd.inference import load_model, state_size
 from voxd.stft import StftAnalysis, StftSynthesis
 
 MODEL = "models/echo.onnx"
@@ -34,10 +34,7 @@ _SCALE = np.float32(1.0 / 32767.0)
 def load_session(path: str | None) -> Any:
     """The model's onnxruntime session (``path`` or the bundled model); ValueError naming what is wrong
     when it is not a residual-echo suppressor for 16 kHz and 10 ms hops."""
-    try:
-        session = open_session(model_bytes(path, "voxd_aec", MODEL))
-    except Exception as e:  # onnxruntime raises its own types for a broken file
-        raise ValueError(f"model {path or MODEL!r} does not load: {str(e).splitlines()[0]}") from None
+    session = load_model(path, "voxd_aec", MODEL)
     names = {i.name: i.shape for i in session.get_inputs()}
     outs = {o.name for o in session.get_outputs()}
     spec = names.get("spec")

@@ -27,16 +27,23 @@ have a talker, which they then never get: the fallback is the single microphone)
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Any
 
 import numpy as np
 from pydantic import Field, field_validator
 
 from voxd.frame import AudioFormat, Domain, Frame
-from voxd.inference import model_bytes, open_session, state_size
+from voxd.inference import load_model, state_size
 from voxd.side import MASK_GAIN
-from voxd.stage import EventSink, FormatError, Stage, StageContext, StageParams
+from voxd.stage import (
+    EventSink,
+    FormatError,
+    Stage,
+    StageContext,
+    StageParams,
+    distinct_indices,
+    readable_file,
+)
 
 RATE, N_FFT = 16000, 320
 BINS = N_FFT // 2 + 1
@@ -54,11 +61,7 @@ def load_session(path: str | None, mics: int | None = None) -> Any:
     if name is None:
         raise ValueError(f"there is no bundled mask model for {mics} microphones (bundled: "
                          f"{', '.join(str(m) for m in sorted(BUNDLED))}); give one with model:")
-    try:
-        session = open_session(model_bytes(path, "voxd_array", name))
-    except Exception as exc:  # onnxruntime raises its own types for a broken file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"model {name!r} does not load: {first}") from None
+    session = load_model(path, "voxd_array", name)
     ins = {i.name: i.shape for i in session.get_inputs()}
     outs = {o.name for o in session.get_outputs()}
     spec = ins.get("spec")
@@ -92,18 +95,13 @@ class MaskParams(StageParams):
     @classmethod
     def _loads(cls, path: str | None) -> str | None:
         if path is not None:
-            if not (os.path.isfile(path) and os.access(path, os.R_OK)):
-                why = "does not exist" if not os.path.exists(path) else "is not a readable file"
-                raise ValueError(f"model file {path!r} {why}")
-            load_session(path)
+            load_session(readable_file(path, "model file"))
         return path
 
     @field_validator("channels")
     @classmethod
     def _distinct(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and len(set(v)) != len(v):
-            raise ValueError(f"channels must be distinct channel indices, got {v}")
-        return v
+        return distinct_indices(v)
 
 
 class Mask(Stage[MaskParams]):
@@ -136,8 +134,9 @@ class Mask(Stage[MaskParams]):
     def open(self, ctx: StageContext) -> None:
         fmt = self.input_format
         self._emit: EventSink = ctx.emit
-        self._rows = self.params.channels or list(range(fmt.channels))
-        self._all = self._rows == list(range(fmt.channels))
+        rows = self.params.channels or list(range(fmt.channels))
+        self._all = rows == list(range(fmt.channels))
+        self._rows = np.asarray(rows, np.intp)  # the per-frame gather index, made once
         self.failed: str | None = None
         self.failures = 0  #: hops where the model returned non-finite values (since the last stats())
         m = len(self._rows)

@@ -37,7 +37,6 @@ delay so the stream stays aligned.
 from __future__ import annotations
 
 import importlib.util
-import os
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -45,8 +44,17 @@ from pydantic import Field, field_validator, model_validator
 
 from voxd.delayline import DelayLine
 from voxd.frame import AudioFormat, Domain, Frame
+from voxd.inference import load_model
 from voxd.side import DENOISE_GAIN
-from voxd.stage import EventSink, FormatError, Stage, StageContext, StageParams
+from voxd.stage import (
+    EventSink,
+    FormatError,
+    Stage,
+    StageContext,
+    StageParams,
+    distinct_indices,
+    readable_file,
+)
 from voxd_denoise import dfn3, gtcrn, rnnoise
 from voxd_denoise.framed import FramedRunner, TimeEngine, runner_delay, sanitise
 from voxd_denoise.inhouse import BINS, N_FFT, RATE, InHouseModel
@@ -93,17 +101,12 @@ class DenoiseParams(StageParams):
     @field_validator("model")
     @classmethod
     def _readable(cls, path: str | None) -> str | None:
-        if path is not None and not (os.path.isfile(path) and os.access(path, os.R_OK)):
-            why = "does not exist" if not os.path.exists(path) else "is not a readable file"
-            raise ValueError(f"model file {path!r} {why}")
-        return path
+        return None if path is None else readable_file(path, "model file")
 
     @field_validator("channels")
     @classmethod
     def _distinct(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and len(set(v)) != len(v):
-            raise ValueError(f"channels must be distinct channel indices, got {v}")
-        return v
+        return distinct_indices(v)
 
     @model_validator(mode="after")
     def _engine_fits(self) -> DenoiseParams:
@@ -130,11 +133,7 @@ INTERFACES = {"voxd": ({"spec", "state"}, {"enh", "state_out"}),
 def check_model(path: str, engine: str) -> None:
     """Load the ONNX file at ``path`` and check it has ``engine``'s inputs and outputs; ValueError
     saying why not (a config error at ``voxd check``, not a bypass at run time)."""
-    try:
-        session = open_session(model_bytes(path, ""))
-    except Exception as exc:  # onnxruntime's errors have no common base class
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"model file {path!r} does not load: {first}") from None
+    session = load_model(path, "voxd_denoise", "")
     inputs = {i.name for i in session.get_inputs()}
     outputs = {o.name for o in session.get_outputs()}
     want_in, want_out = INTERFACES[engine]
